@@ -1,0 +1,371 @@
+"""The streaming-metric protocol, the shared state machinery and the input contract of every metric.
+
+A metric keeps integer counts in tensors that live on the device of the first ``update``. ``update``
+only adds to them with tensor operations (no ``.item()``, no ``.cpu()``, no Python branch on a tensor
+value), so a training loop on a GPU never waits for the host because of a metric. Everything that
+needs a value on the host (range checks, the final division) happens in ``compute()``.
+
+Input contract (checked at the boundary, from shapes and dtypes only):
+
+==========================================  ==============================================================
+``preds`` given as                          read as
+==========================================  ==============================================================
+logits ``[N, C, ...]``, target ``[N, ...]``  labels ``preds.argmax(1)`` (``C`` must equal ``num_classes``)
+logits ``[N, 1, ...]``, ``num_classes=2``    binary labels ``preds[:, 0] > threshold`` (logits, not probs)
+float ``[N, ...]`` like target, 2 classes    binary labels ``preds > threshold`` (logits, not probs)
+integer ``[N, ...]`` like target             labels, used as they are
+==========================================  ==============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Metric"]
+
+# How each kind of state combines across ranks, checkpoints and `merge_`.
+_REDUCE_OPS = ("sum", "min", "max")
+
+
+class Metric:
+    """Base class and protocol of trainkit's streaming metrics: ``update`` / ``compute`` / ``reset``.
+
+    Any object with these three methods (a torchmetrics metric, for instance) can be passed to the
+    Trainer; this class adds what trainkit's own metrics share:
+
+    - state tensors created lazily on the device of the first ``update`` and kept there;
+    - ``state_dict()`` / ``load_state_dict()`` with plain tensors (safe under ``weights_only=True``);
+    - ``merge_(other)`` to add the counts of another metric of the same kind (e.g. from another
+      worker or a saved shard);
+    - under an initialised ``torch.distributed`` group of more than one process, ``compute()``
+      all-reduces a *copy* of the state (``sync_on_compute=True``), so every rank sees the global
+      value and calling ``compute()`` twice never double-counts.
+
+    Subclasses declare their state in ``_state_spec`` (name, shape, reduce op), add to it in
+    ``_update`` and read it in ``_compute``.
+
+    Args:
+        sync_on_compute: All-reduce the state across ranks in ``compute()`` when a process group of
+            more than one process is initialised.
+
+    Example:
+        >>> from trainkit.metrics import PixelAccuracy
+        >>> metric = PixelAccuracy(num_classes=2)
+        >>> metric.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
+        >>> round(float(metric.compute()), 4)
+        0.6667
+    """
+
+    def __init__(self, *, sync_on_compute: bool = True) -> None:
+        if not isinstance(sync_on_compute, bool):
+            raise TypeError(f"`sync_on_compute` must be True or False; got {sync_on_compute!r}")
+        self.sync_on_compute = sync_on_compute
+        self._state: dict[str, torch.Tensor] | None = None
+
+    # ----------------------------------------------------------------- subclass interface
+    def _state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Name → (shape, reduce op) of every int64 state tensor. Reduce ops: 'sum', 'min', 'max'."""
+        raise NotImplementedError
+
+    def _update(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch to ``state`` in place, with tensor operations only."""
+        raise NotImplementedError
+
+    def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Turn a (synced) state into the metric's value."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- public protocol
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predictions (logits or labels) and targets to the running counts.
+
+        Args:
+            preds: Logits ``[N, C, ...]`` or labels shaped like ``target`` (see the module docstring).
+            target: Integer class ids ``[N, ...]``.
+
+        Raises:
+            TypeError: ``preds`` or ``target`` is not a tensor, or has a dtype that cannot be read.
+            ValueError: shapes do not fit each other or ``num_classes``, or the tensors sit on two devices.
+
+        Example:
+            >>> from trainkit.metrics import MeanIoU
+            >>> metric = MeanIoU(num_classes=2)
+            >>> metric.update(torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8)))
+            >>> metric.state_dict()["confmat"].sum().item()
+            128
+        """
+        if not isinstance(preds, torch.Tensor) or not isinstance(target, torch.Tensor):
+            raise TypeError(
+                f"`{type(self).__name__}.update(preds, target)` takes two tensors; "
+                f"got {type(preds).__name__} and {type(target).__name__}"
+            )
+        if preds.device != target.device:
+            raise ValueError(
+                f"`{type(self).__name__}.update`: preds are on {preds.device} but target is on {target.device}; "
+                "move both to one device (e.g. `target.to(preds.device)`)"
+            )
+        if self._state is None:
+            self._state = self._zero_state(target.device)
+        else:
+            device = next(iter(self._state.values())).device
+            if device != target.device:
+                raise ValueError(
+                    f"`{type(self).__name__}.update` got tensors on {target.device}, but its counts live on "
+                    f"{device} since the first update; keep inputs on one device, or call "
+                    f"`metric.to({str(target.device)!r})` first"
+                )
+        self._update(self._state, preds.detach(), target.detach())
+
+    def compute(self) -> torch.Tensor:
+        """Return the metric over everything seen since the last ``reset()`` (across ranks when synced).
+
+        Before any ``update`` the counts are all zero, so ratios are ``nan`` (no error is raised).
+
+        Example:
+            >>> from trainkit.metrics import PixelAccuracy
+            >>> PixelAccuracy(num_classes=2).compute()
+            tensor(nan)
+        """
+        return self._compute(self._synced_state())
+
+    def reset(self) -> None:
+        """Forget all counts; the next ``update`` starts a new epoch (and may use another device).
+
+        Example:
+            >>> from trainkit.metrics import PixelAccuracy
+            >>> metric = PixelAccuracy(num_classes=2)
+            >>> metric.update(torch.tensor([1]), torch.tensor([1]))
+            >>> metric.reset()
+            >>> metric.compute()
+            tensor(nan)
+        """
+        self._state = None
+
+    def to(self, device: str | torch.device) -> Metric:
+        """Move the counts (if any) to ``device``; returns ``self`` like ``nn.Module.to``.
+
+        Example:
+            >>> from trainkit.metrics import MeanIoU
+            >>> MeanIoU(num_classes=3).to("cpu").compute()
+            tensor(nan)
+        """
+        if self._state is not None:
+            self._state = {k: v.to(device) for k, v in self._state.items()}
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Return a copy of the counts as plain int64 tensors (zeros on the CPU before any update).
+
+        Example:
+            >>> from trainkit.metrics import ConfusionMatrix
+            >>> sorted(ConfusionMatrix(num_classes=2).state_dict())
+            ['confmat', 'label_max', 'label_min', 'out_of_range']
+        """
+        state = self._state if self._state is not None else self._zero_state(torch.device("cpu"))
+        return {k: v.clone() for k, v in state.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Replace the counts with those from :meth:`state_dict` (kept on the device they arrive on).
+
+        Raises:
+            ValueError: keys or shapes differ from this metric's (e.g. another ``num_classes``).
+
+        Example:
+            >>> from trainkit.metrics import ConfusionMatrix
+            >>> a, b = ConfusionMatrix(num_classes=2), ConfusionMatrix(num_classes=2)
+            >>> a.update(torch.tensor([1, 0]), torch.tensor([1, 1]))
+            >>> b.load_state_dict(a.state_dict())
+            >>> b.compute().tolist()
+            [[0, 0], [1, 1]]
+        """
+        spec = self._state_spec()
+        if set(state_dict) != set(spec):
+            raise ValueError(
+                f"`{type(self).__name__}.load_state_dict` expected keys {sorted(spec)}; got {sorted(state_dict)}"
+            )
+        for name, (shape, _) in spec.items():
+            if tuple(state_dict[name].shape) != shape:
+                raise ValueError(
+                    f"`{type(self).__name__}.load_state_dict`: {name!r} has shape {tuple(state_dict[name].shape)}, "
+                    f"expected {shape}; was it saved from a metric with other settings ({self!r})?"
+                )
+        self._state = {name: state_dict[name].to(torch.int64).clone() for name in spec}
+
+    def merge_(self, other: Metric) -> Metric:
+        """Add the counts of ``other`` (same class and settings) into this metric, in place; returns ``self``.
+
+        Raises:
+            TypeError: ``other`` is another kind of metric.
+            ValueError: ``other`` has other settings (state shapes differ).
+
+        Example:
+            >>> from trainkit.metrics import PixelAccuracy
+            >>> a, b = PixelAccuracy(num_classes=2), PixelAccuracy(num_classes=2)
+            >>> a.update(torch.tensor([1, 1]), torch.tensor([1, 1]))
+            >>> b.update(torch.tensor([0, 0]), torch.tensor([1, 1]))
+            >>> float(a.merge_(b).compute())
+            0.5
+        """
+        if type(other) is not type(self):
+            raise TypeError(f"`{type(self).__name__}.merge_` needs another {type(self).__name__}; got {type(other)}")
+        if other._state is None:
+            return self
+        mine = self.state_dict() if self._state is None else self._state
+        device = next(iter(mine.values())).device
+        theirs = {k: v.to(device) for k, v in other._state.items()}
+        spec = self._state_spec()
+        for name, (shape, _) in spec.items():
+            if tuple(theirs[name].shape) != shape:
+                raise ValueError(f"`{type(self).__name__}.merge_`: {other!r} has other settings than {self!r}")
+        self._state = {name: _combine(mine[name], theirs[name], op) for name, (_, op) in spec.items()}
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._extra_repr()})"
+
+    def _extra_repr(self) -> str:
+        return ""
+
+    # ----------------------------------------------------------------- machinery
+    def _zero_state(self, device: torch.device) -> dict[str, torch.Tensor]:
+        state = {}
+        for name, (shape, op) in self._state_spec().items():
+            fill = {"sum": 0, "min": torch.iinfo(torch.int64).max, "max": torch.iinfo(torch.int64).min}[op]
+            state[name] = torch.full(shape, fill, dtype=torch.int64, device=device)
+        return state
+
+    def _synced_state(self) -> dict[str, torch.Tensor]:
+        """The state to compute from: local, or an all-reduced copy under a multi-process group."""
+        distributed = self.sync_on_compute and dist.is_available() and dist.is_initialized()
+        if not distributed or dist.get_world_size() <= 1:
+            return self._state if self._state is not None else self._zero_state(torch.device("cpu"))
+        # Every rank must join the collectives, also a rank that saw no batch: give it zeros on the
+        # device its backend communicates from.
+        if self._state is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+            state = self._zero_state(device or torch.device("cpu"))
+        else:
+            state = {k: v.clone() for k, v in self._state.items()}
+        ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+        for name, (_, op) in self._state_spec().items():
+            dist.all_reduce(state[name], op=ops[op])
+        return state
+
+
+def _combine(a: torch.Tensor, b: torch.Tensor, op: str) -> torch.Tensor:
+    if op == "sum":
+        return a + b
+    return torch.minimum(a, b) if op == "min" else torch.maximum(a, b)
+
+
+def check_int_option(name: str, value: Any, *, minimum: int) -> int:
+    """Validate an integer constructor option such as ``num_classes`` and return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int; got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}")
+    return value
+
+
+def check_ignore_index(value: Any) -> int | None:
+    """Validate ``ignore_index`` (an int or ``None``) and return it."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"`ignore_index` must be an int or None; got {value!r} ({type(value).__name__})")
+    return value
+
+
+def as_labels(
+    preds: torch.Tensor, target: torch.Tensor, *, num_classes: int | None, threshold: float, owner: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read ``preds`` as class ids by the module's input contract; return ``(pred_labels, target)`` as int64.
+
+    Only shapes and dtypes are inspected, never values, so this never synchronises with the device.
+    """
+    if target.is_floating_point() or target.is_complex():
+        raise TypeError(
+            f"`{owner}.update`: target must hold integer class ids; got {target.dtype}. "
+            "Convert it with `target.long()` (masks are int64 `[N, H, W]`)"
+        )
+    target = target.long()
+    if preds.ndim == target.ndim + 1:
+        if preds.shape[0] != target.shape[0] or preds.shape[2:] != target.shape[1:]:
+            raise ValueError(
+                f"`{owner}.update`: logits {tuple(preds.shape)} do not fit target {tuple(target.shape)}; "
+                "expected logits [N, C, ...] for target [N, ...] (same N and spatial size)"
+            )
+        channels = preds.shape[1]
+        if channels == 1:
+            if num_classes not in (2, None):
+                raise ValueError(
+                    f"`{owner}.update`: single-channel logits {tuple(preds.shape)} are binary, but "
+                    f"`num_classes={num_classes}`; give one logit channel per class [N, {num_classes}, ...]"
+                )
+            return _binary(preds[:, 0], owner, threshold), target
+        if num_classes is not None and channels != num_classes:
+            raise ValueError(
+                f"`{owner}.update`: logits {tuple(preds.shape)} have {channels} channels but "
+                f"`num_classes={num_classes}`; expected logits [N, {num_classes}, ...]"
+            )
+        return preds.argmax(1), target
+    if preds.shape != target.shape:
+        raise ValueError(
+            f"`{owner}.update`: preds {tuple(preds.shape)} do not fit target {tuple(target.shape)}; expected "
+            "logits [N, C, ...] or labels shaped like target"
+        )
+    if preds.is_floating_point():
+        if num_classes not in (2, None):
+            raise TypeError(
+                f"`{owner}.update`: float preds shaped like target {tuple(target.shape)} are read as binary "
+                f"logits, but `num_classes={num_classes}`; pass logits [N, C, ...] or integer labels "
+                "(`preds.argmax(1)`)"
+            )
+        return _binary(preds, owner, threshold), target
+    if preds.is_complex():
+        raise TypeError(f"`{owner}.update`: preds have dtype {preds.dtype}; expected float logits or integer labels")
+    return preds.long(), target
+
+
+def _binary(logits: torch.Tensor, owner: str, threshold: float) -> torch.Tensor:
+    if not logits.is_floating_point():
+        raise TypeError(
+            f"`{owner}.update`: single-channel preds must be float logits; got {logits.dtype}. "
+            "Pass integer labels shaped like target instead"
+        )
+    return (logits > threshold).long()
+
+
+def label_extremes(target: torch.Tensor, preds: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest and largest kept ``(target, pred)`` ids as two int64 ``[2]`` tensors, without a host sync.
+
+    Ignored positions count as 0, which is always a valid id, so an id outside ``[0, C)`` still shows.
+    """
+    both = torch.stack([torch.where(kept, target, 0), torch.where(kept, preds, 0)])
+    return both.amin(dim=1), both.amax(dim=1)
+
+
+def raise_if_out_of_range(state: dict[str, torch.Tensor], *, owner: str, num_classes: int | None, ignore: Any) -> None:
+    """Raise the deferred range error when ``update`` counted ids outside ``[0, num_classes)``."""
+    count = int(state["out_of_range"])
+    if count == 0:
+        return
+    (tmin, pmin), (tmax, pmax) = state["label_min"].tolist(), state["label_max"].tolist()
+    if num_classes is None:  # checked per batch against the logits' channel count C
+        limit: int | str = "C"
+        seen = [f"target ids seen span {tmin}..{tmax}"]
+    else:
+        limit, seen = num_classes, []
+        for who, low, high in (("target", tmin, tmax), ("predicted", pmin, pmax)):
+            if low < 0:
+                seen.append(f"{who} id {low} (smallest seen)")
+            if high >= num_classes:
+                seen.append(f"{who} id {high} (largest seen)")
+    raise ValueError(
+        f"`{owner}.compute`: {count} element(s) since the last `reset()` had class ids outside [0, {limit}): "
+        f"{', '.join(seen)}; `num_classes={num_classes}`, `ignore_index={ignore}`. Fix `num_classes`, map the "
+        "mask values to class ids (e.g. `value_map=` in `SegmentationDataset`), or set `ignore_index` to the "
+        "value that marks unlabeled pixels; then call `reset()`"
+    )

@@ -1,0 +1,269 @@
+"""Segmentation metrics built on one streaming confusion matrix: ConfusionMatrix, MeanIoU, Dice, PixelAccuracy.
+
+Every metric here accumulates the same ``[C, C]`` int64 matrix (rows = target class, columns =
+predicted class) over all batches since ``reset()``, so the epoch value is exact: it is computed once
+from the summed counts, never as a mean of per-batch means.
+
+Pixels whose target equals ``ignore_index`` (255 by default, as in ``SegmentationDataset``) are left
+out of every count. If ``ignore_index`` is a real class id (``0 <= ignore_index < num_classes``, e.g.
+0 to skip the background), that class's target pixels are left out and its per-class value is ``nan``
+and excluded from the mean, as in torchmetrics. Pass ``ignore_index=None`` when 255 is a real class.
+
+No host-device sync in ``update``: the batch is turned into flat indices ``target * C + pred`` and
+added with ``index_add_`` (``torch.bincount`` reads ``max().item()`` on CUDA, which would stall the
+GPU every batch). Ids outside ``[0, C)`` are not checked there, since that would need the host: they
+go into a separate counter, together with the smallest and largest ids seen, and ``compute()``
+raises a ``ValueError`` naming them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainkit.metrics._base import (
+    Metric,
+    as_labels,
+    check_ignore_index,
+    check_int_option,
+    label_extremes,
+    raise_if_out_of_range,
+)
+
+__all__ = ["ConfusionMatrix", "Dice", "MeanIoU", "PixelAccuracy"]
+
+
+class _ConfusionMetric(Metric):
+    """Shared state and update of the confusion-matrix metrics."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        ignore_index: int | None = 255,
+        threshold: float = 0.0,
+        sync_on_compute: bool = True,
+    ) -> None:
+        super().__init__(sync_on_compute=sync_on_compute)
+        self.num_classes = check_int_option("num_classes", num_classes, minimum=2)
+        self.ignore_index = check_ignore_index(ignore_index)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"`threshold` must be a number (a logit, 0.0 = probability 0.5); got {threshold!r}")
+        self.threshold = float(threshold)
+
+    def _extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, ignore_index={self.ignore_index}"
+
+    def _state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        c = self.num_classes
+        return {
+            "confmat": ((c, c), "sum"),
+            "out_of_range": ((), "sum"),
+            "label_min": ((2,), "min"),
+            "label_max": ((2,), "max"),
+        }
+
+    def _update(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
+        pred, tgt = as_labels(
+            preds, target, num_classes=self.num_classes, threshold=self.threshold, owner=type(self).__name__
+        )
+        t, p = tgt.reshape(-1), pred.reshape(-1)
+        if t.numel() == 0:
+            return
+        c = self.num_classes
+        kept = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        bad = kept & ((t < 0) | (t >= c) | (p < 0) | (p >= c))
+        # Ignored and out-of-range elements all land in one spare bin that is dropped.
+        flat = torch.where(kept & ~bad, t * c + p, c * c)
+        ones = torch.ones((), dtype=torch.int64, device=t.device).expand(flat.numel())
+        bins = torch.zeros(c * c + 1, dtype=torch.int64, device=t.device).index_add_(0, flat, ones)
+        state["confmat"] += bins[:-1].view(c, c)
+        state["out_of_range"] += bad.sum()
+        low, high = label_extremes(t, p, kept)
+        torch.minimum(state["label_min"], low, out=state["label_min"])
+        torch.maximum(state["label_max"], high, out=state["label_max"])
+
+    def _matrix(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise_if_out_of_range(state, owner=type(self).__name__, num_classes=self.num_classes, ignore=self.ignore_index)
+        return state["confmat"]
+
+    def _stats(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """True positives, false positives and false negatives per class, as floats (float64 where supported)."""
+        matrix = _as_float(self._matrix(state))
+        tp = matrix.diagonal()
+        return tp, matrix.sum(0) - tp, matrix.sum(1) - tp
+
+    def _finish(self, per_class: torch.Tensor) -> torch.Tensor:
+        """Blank the ignored class (if it is a real id) and return float32."""
+        if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:
+            per_class[self.ignore_index] = float("nan")
+        return per_class.float()
+
+    def confusion_matrix(self) -> torch.Tensor:
+        """Return the int64 ``[C, C]`` confusion matrix (rows = target, columns = prediction).
+
+        Raises:
+            ValueError: some target or predicted id was outside ``[0, num_classes)``.
+
+        Example:
+            >>> from trainkit.metrics import MeanIoU
+            >>> metric = MeanIoU(num_classes=2)
+            >>> metric.update(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]))
+            >>> metric.confusion_matrix().tolist()
+            [[1, 1], [0, 1]]
+        """
+        return self._matrix(self._synced_state()).clone()
+
+
+class ConfusionMatrix(_ConfusionMetric):
+    """Streaming ``[C, C]`` confusion matrix: rows are target classes, columns predicted classes.
+
+    Args:
+        num_classes: Number of classes ``C`` (at least 2).
+        ignore_index: Target value whose pixels are not counted (``None``: count every pixel).
+        threshold: Logit threshold for binary inputs (``[N, 1, ...]`` or float preds shaped like
+            target with ``num_classes=2``). These are logits, not probabilities: the default 0.0
+            is probability 0.5; pass e.g. ``threshold=0.5`` if you feed probabilities.
+        sync_on_compute: All-reduce (a copy of) the counts across ranks in ``compute()``.
+
+    Example:
+        >>> metric = ConfusionMatrix(num_classes=3)
+        >>> metric.update(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 0]))
+        >>> metric.compute().tolist()
+        [[2, 1, 0], [0, 1, 0], [0, 0, 0]]
+    """
+
+    def compute(self) -> torch.Tensor:
+        """Return the int64 ``[C, C]`` matrix over everything seen since ``reset()``.
+
+        Raises:
+            ValueError: some target or predicted id was outside ``[0, num_classes)``.
+
+        Example:
+            >>> metric = ConfusionMatrix(num_classes=2)
+            >>> metric.update(torch.tensor([[2.0, -1.0], [0.0, 3.0]]), torch.tensor([0, 0]))
+            >>> metric.compute().tolist()
+            [[1, 1], [0, 0]]
+        """
+        return self._compute(self._synced_state())
+
+    def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._matrix(state).clone()
+
+
+class MeanIoU(_ConfusionMetric):
+    """Mean intersection over union (Jaccard index) over an epoch: ``IoU_c = TP / (TP + FP + FN)``.
+
+    A class absent from both target and prediction over the whole epoch has no IoU (``nan`` in
+    :meth:`per_class`) and is left out of the mean, as torchmetrics' ``MulticlassJaccardIndex``
+    (``average="macro"``) does. Libraries disagree here: for target ``[0, 1, 0, 0]``, prediction
+    ``[0, 1, 0, 1]`` and 3 classes, trainkit and torchmetrics give (2/3 + 1/2) / 2 = 0.5833,
+    segmentation_models_pytorch counts the absent class as 1 (0.722) and ignite as 0 (0.389).
+
+    Args:
+        num_classes: Number of classes ``C`` (at least 2).
+        ignore_index: Target value whose pixels are not counted (``None``: count every pixel).
+        threshold: Logit threshold for binary inputs (see :class:`ConfusionMatrix`).
+        sync_on_compute: All-reduce (a copy of) the counts across ranks in ``compute()``.
+
+    Example:
+        >>> metric = MeanIoU(num_classes=3)
+        >>> metric.update(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 0]))
+        >>> round(float(metric.compute()), 4)
+        0.5833
+    """
+
+    def per_class(self) -> torch.Tensor:
+        """Return the float32 ``[C]`` IoU of each class (``nan`` for absent or ignored classes).
+
+        Example:
+            >>> metric = MeanIoU(num_classes=3)
+            >>> metric.update(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 0]))
+            >>> metric.per_class()
+            tensor([0.6667, 0.5000,    nan])
+        """
+        return self._per_class(self._synced_state())
+
+    def _per_class(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        tp, fp, fn = self._stats(state)
+        return self._finish(tp / (tp + fp + fn))
+
+    def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.nanmean(self._per_class(state))
+
+
+class Dice(_ConfusionMetric):
+    """Mean Dice (F1) score over an epoch: ``Dice_c = 2 TP / (2 TP + FP + FN)``.
+
+    Absent classes are handled as in :class:`MeanIoU`: ``nan`` per class, left out of the mean
+    (torchmetrics' ``MulticlassF1Score(average="macro")`` gives the same value).
+
+    Args:
+        num_classes: Number of classes ``C`` (at least 2).
+        ignore_index: Target value whose pixels are not counted (``None``: count every pixel).
+        threshold: Logit threshold for binary inputs (see :class:`ConfusionMatrix`).
+        sync_on_compute: All-reduce (a copy of) the counts across ranks in ``compute()``.
+
+    Example:
+        >>> metric = Dice(num_classes=2)
+        >>> metric.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [0, 1]]))
+        >>> round(float(metric.compute()), 4)
+        0.7333
+    """
+
+    def per_class(self) -> torch.Tensor:
+        """Return the float32 ``[C]`` Dice of each class (``nan`` for absent or ignored classes).
+
+        Example:
+            >>> metric = Dice(num_classes=2)
+            >>> metric.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [0, 1]]))
+            >>> metric.per_class()
+            tensor([0.6667, 0.8000])
+        """
+        return self._per_class(self._synced_state())
+
+    def _per_class(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        tp, fp, fn = self._stats(state)
+        return self._finish(2 * tp / (2 * tp + fp + fn))
+
+    def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.nanmean(self._per_class(state))
+
+
+class PixelAccuracy(_ConfusionMetric):
+    """Fraction of counted pixels whose predicted class is right (torchmetrics' ``average="micro"``).
+
+    :meth:`per_class` gives each class's recall (right pixels / target pixels of that class).
+
+    Args:
+        num_classes: Number of classes ``C`` (at least 2).
+        ignore_index: Target value whose pixels are not counted (``None``: count every pixel).
+        threshold: Logit threshold for binary inputs (see :class:`ConfusionMatrix`).
+        sync_on_compute: All-reduce (a copy of) the counts across ranks in ``compute()``.
+
+    Example:
+        >>> metric = PixelAccuracy(num_classes=2)
+        >>> metric.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [255, 0]]))
+        >>> round(float(metric.compute()), 4)
+        0.6667
+    """
+
+    def per_class(self) -> torch.Tensor:
+        """Return the float32 ``[C]`` recall of each class (``nan`` when it has no target pixel).
+
+        Example:
+            >>> metric = PixelAccuracy(num_classes=3)
+            >>> metric.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
+            >>> metric.per_class()
+            tensor([0.5000, 1.0000,    nan])
+        """
+        tp, _, fn = self._stats(self._synced_state())
+        return self._finish(tp / (tp + fn))
+
+    def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        matrix = _as_float(self._matrix(state))
+        return (matrix.diagonal().sum() / matrix.sum()).float()
+
+
+def _as_float(counts: torch.Tensor) -> torch.Tensor:
+    """Counts as float64 for exact ratios, float32 on MPS (which has no float64)."""
+    return counts.to(torch.float32 if counts.device.type == "mps" else torch.float64)
