@@ -1,1 +1,68 @@
-"""trainkit."""
+"""trainkit: segmentation training for PyTorch, from folders of images and masks to a checkpointed model.
+
+The engine's names are available at the top level; the pieces load on first use, so
+``import trainkit`` does not import torchvision, matplotlib, tensorboard or torchinfo.
+
+Example:
+    >>> import trainkit
+    >>> trainkit.seed_everything(0)
+    0
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from trainkit import errors
+from trainkit.engine import (
+    MixedPrecision,
+    Trainer,
+    evaluate,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    train_one_epoch,
+)
+from trainkit.utils.seed import seed_everything
+
+__version__ = "0.1.0"
+
+_LAZY_MODULES = ("callbacks", "cli", "data", "losses", "metrics", "models", "utils")
+_LAZY_FUNCTIONS = {"summary": "trainkit.utils.summary"}
+
+__all__ = [
+    "MixedPrecision",
+    "Trainer",
+    "__version__",
+    "callbacks",
+    "data",
+    "errors",
+    "evaluate",
+    "load_checkpoint",
+    "losses",
+    "metrics",
+    "models",
+    "predict",
+    "save_checkpoint",
+    "seed_everything",
+    "summary",
+    "train_one_epoch",
+    "utils",
+]
+
+if TYPE_CHECKING:
+    from trainkit import callbacks, data, losses, metrics, models, utils
+    from trainkit.utils.summary import summary
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"trainkit.{name}")
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
+    raise AttributeError(f"module 'trainkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

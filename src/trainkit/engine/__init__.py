@@ -1,0 +1,23 @@
+"""The training engine: ``Trainer``, the functional loops, precision, checkpoints, callbacks, DDP."""
+
+from trainkit.engine.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from trainkit.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from trainkit.engine.loops import LoopState, evaluate, predict, train_one_epoch
+from trainkit.engine.precision import MixedPrecision
+from trainkit.engine.trainer import Trainer
+
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "LearningRateMonitor",
+    "LoopState",
+    "MixedPrecision",
+    "ModelCheckpoint",
+    "Trainer",
+    "evaluate",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "train_one_epoch",
+    "unwrap_model",
+]

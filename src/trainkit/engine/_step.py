@@ -1,0 +1,222 @@
+"""What one step computes, and the clear errors for the notes' classic failures.
+
+A step function takes a batch already on the device and returns either the loss tensor or a
+mapping with ``"loss"`` and, optionally, ``"outputs"`` and ``"targets"`` (fed to the metrics).
+The default step is ``loss_fn(model(inputs), targets)`` for ``(inputs, targets)`` batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainkit.errors import TrainingError
+
+StepFn = Callable[[Any], Any]
+
+_INPUT_KEYS = ("image", "images", "input", "inputs", "x")
+_TARGET_KEYS = ("mask", "masks", "target", "targets", "label", "labels", "y")
+
+
+@dataclass
+class StepOutput:
+    """The normalised result of a step: the loss and what the metrics need."""
+
+    loss: torch.Tensor | None
+    outputs: Any = None
+    targets: Any = None
+
+
+def as_step_output(result: Any) -> StepOutput:
+    """Accept a loss tensor, a ``StepOutput`` or a mapping with ``"loss"``/``"outputs"``/``"targets"``."""
+    if isinstance(result, StepOutput):
+        return result
+    if isinstance(result, torch.Tensor):
+        return StepOutput(loss=result)
+    if isinstance(result, Mapping):
+        return StepOutput(loss=result.get("loss"), outputs=result.get("outputs"), targets=result.get("targets"))
+    if result is None:
+        return StepOutput(loss=None)
+    raise TypeError(
+        f"a training/validation step returned {type(result).__name__}; return the loss tensor or a dict "
+        "with 'loss' (and optionally 'outputs' and 'targets' for metrics)"
+    )
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """Split a batch into ``(inputs, targets)``: a 2-sequence, or a dict with image/mask-like keys."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, Mapping):
+        inputs = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
+        targets = next((batch[k] for k in _TARGET_KEYS if k in batch), None)
+        if inputs is not None and targets is not None:
+            return inputs, targets
+        raise TypeError(
+            f"a dict batch needs an input key ({', '.join(_INPUT_KEYS)}) and a target key "
+            f"({', '.join(_TARGET_KEYS)}); got keys {sorted(batch)}. Return (inputs, targets) from the dataset, "
+            "or override `Trainer.training_step`"
+        )
+    kind = f"a {len(batch)}-sequence" if isinstance(batch, (tuple, list)) else type(batch).__name__
+    raise TypeError(
+        f"the default step expects (inputs, targets) batches, got {kind}; return (inputs, targets) from the "
+        "dataset or override `Trainer.training_step` / pass `training_step=`"
+    )
+
+
+def batch_size_of(batch: Any) -> int:
+    """The number of samples in a batch: the first dimension of its first tensor (1 if none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.ndim else 1
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, (tuple, list)):
+        if batch and not isinstance(batch[0], (torch.Tensor, tuple, list, Mapping)):
+            return len(batch)
+        for item in batch:
+            if isinstance(item, (tuple, list)) and item and isinstance(item[0], (torch.Tensor, Mapping)):
+                return len(item)  # a list of per-sample tensors (detection batches)
+            if isinstance(item, (torch.Tensor, Mapping, tuple, list)):
+                return batch_size_of(item)
+    return 1
+
+
+def is_class_index_loss(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` expects integer class ids as targets (CrossEntropy, NLL, trainkit's multiclass losses)."""
+    if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        return True
+    return bool(getattr(loss_fn, "expects_class_indices", False))
+
+
+class BatchFixer:
+    """Fix a CPU batch's dtypes where the fix is unambiguous, warning once per kind of fix.
+
+    * floating (float64) inputs when the model's weights are another floating dtype → the model's dtype
+      (the notes' ``expected scalar type Double but found Float``);
+    * class-index targets for CrossEntropy-like losses stored as floats with integral values, or as
+      uint8/int32 → int64 (``expected scalar type Long``). Non-integral float targets raise.
+
+    Runs on the CPU before the host-to-device copy, so it costs no device synchronisation.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Any):
+        param = next(iter(model.parameters()), None)
+        self.model_dtype = param.dtype if param is not None and param.is_floating_point() else None
+        self.class_targets = is_class_index_loss(loss_fn)
+        self.loss_name = type(loss_fn).__name__
+        self._warned: set[str] = set()
+
+    def __call__(self, batch: Any) -> Any:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            return batch
+        inputs, targets = batch
+        inputs = self._fix_inputs(inputs)
+        targets = self._fix_targets(targets)
+        return type(batch)((inputs, targets)) if isinstance(batch, tuple) else [inputs, targets]
+
+    def _fix_inputs(self, inputs: Any) -> Any:
+        dtype = self.model_dtype
+        if (
+            isinstance(inputs, torch.Tensor)
+            and dtype is not None
+            and inputs.is_floating_point()
+            and inputs.dtype != dtype
+        ):
+            self._warn_once(
+                "inputs",
+                f"inputs are {_dtype_name(inputs.dtype)} but the model's weights are {_dtype_name(dtype)}; converting "
+                f"inputs to {_dtype_name(dtype)} (NumPy arrays default to float64: convert with `.float()` or use "
+                "`trainkit.data.collate` to stop this warning)",
+            )
+            return inputs.to(dtype)
+        return inputs
+
+    def _fix_targets(self, targets: Any) -> Any:
+        if not self.class_targets or not isinstance(targets, torch.Tensor) or targets.dtype == torch.int64:
+            return targets
+        if targets.is_floating_point():
+            if not torch.equal(targets, targets.round()):
+                raise TrainingError(
+                    f"targets are {_dtype_name(targets.dtype)} with non-integer values, but {self.loss_name} needs "
+                    "int64 class ids of shape [N, H, W] (or [N]); pass class ids (`target.long()`), or use a loss for "
+                    "soft targets"
+                )
+        elif targets.dtype == torch.bool or targets.is_complex():
+            return targets
+        self._warn_once(
+            "targets",
+            f"targets are {_dtype_name(targets.dtype)} but {self.loss_name} needs int64 class ids; converting them "
+            "with `.long()` (the notes' 'expected scalar type Long' error). Return int64 targets from the dataset, or "
+            "use `trainkit.data.collate`, to stop this warning",
+        )
+        return targets.long()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@contextlib.contextmanager
+def explain_errors(*, batch_size: int | None, where: str) -> Iterator[None]:
+    """Re-raise the notes' classic failures as :class:`TrainingError` with the fix in the message."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        size = f"batch size {batch_size}" if batch_size else "this batch"
+        raise TrainingError(
+            f"out of memory during {where} with {size}: lower `batch_size` (e.g. to {max(1, (batch_size or 2) // 2)}) "
+            "and keep the effective batch with `grad_accum=`, turn on `amp='auto'`, use smaller inputs (`size=`) or "
+            f"a smaller model. Original error: {_first_line(err)}"
+        ) from err
+    except (RuntimeError, IndexError) as err:
+        hint = _hint_for(str(err))
+        if hint is None:
+            raise
+        raise TrainingError(f"{where} failed: {hint}. Original error: {_first_line(err)}") from err
+
+
+def _hint_for(message: str) -> str | None:
+    text = message.lower()
+    if "expected target dtype to be long" in text or "expected scalar type long" in text:
+        return (
+            "the loss needs int64 class-id targets (CrossEntropyLoss/NLLLoss) but got another dtype; convert with "
+            "`target.long()` or return int64 masks from the dataset (`trainkit.data.collate` does this)"
+        )
+    if ("must have the same dtype" in text or "should be the same" in text or "expected scalar type" in text) and (
+        "double" in text or "half" in text or "bfloat16" in text or "float" in text
+    ):
+        return (
+            "the inputs and the model's weights have different dtypes (the notes' 'expected scalar type Double but "
+            "found Float': NumPy arrays are float64); convert inputs with `.float()` or use `trainkit.data.collate`"
+        )
+    if (
+        "same device" in text
+        or "expected device" in text
+        or "is not on the expected device" in text
+        or ("input type" in text and "weight type" in text)
+    ):
+        return (
+            "tensors are on two devices; let the Trainer move batches (`device=`), create extra tensors with "
+            "`device=inputs.device`, and move the loss's own tensors (e.g. class `weight=`) with `loss_fn.to(device)`"
+        )
+    if ("out of bounds" in text and "target" in text) or "device-side assert" in text:
+        return (
+            "a target class id is >= the number of output channels; check `num_classes`/`out_channels` against the "
+            "mask values (run `trainkit check`), and map void pixels to `ignore_index`"
+        )
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,86 @@
+"""Stop training when a monitored value has stopped improving."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from trainkit.engine.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from trainkit.engine.trainer import Trainer
+
+__all__ = ["EarlyStopping", "is_improvement"]
+
+
+def is_improvement(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` in direction ``mode``.
+
+    Example:
+        >>> is_improvement(0.5, 0.6, "min"), is_improvement(0.5, 0.6, "max")
+        (True, False)
+    """
+    if math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def check_mode(mode: str) -> str:
+    """Validate a ``mode`` argument."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def monitored_value(logs: dict[str, float], monitor: str, who: str) -> float:
+    """``logs[monitor]``, or a clear error listing what is logged."""
+    if monitor not in logs:
+        raise KeyError(
+            f"{who} monitors {monitor!r}, which this run does not log; logged names: {', '.join(sorted(logs))}. "
+            "Monitored names are 'train/loss', 'val/loss' and 'val/<metric>' (a validation loader is needed for val/*)"
+        )
+    return float(logs[monitor])
+
+
+class EarlyStopping(Callback):
+    """Stop ``fit`` after ``patience`` epochs without improvement of ``monitor``.
+
+    Args:
+        monitor: a history key, e.g. ``"val/loss"`` or ``"val/miou"``.
+        mode: ``"min"`` or ``"max"``.
+        patience: epochs without improvement to wait.
+        min_delta: the least change that counts as an improvement.
+
+    Example:
+        >>> stop = EarlyStopping("val/miou", mode="max", patience=5)
+    """
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 5, min_delta: float = 0.0):
+        if patience < 0 or int(patience) != patience:
+            raise ValueError(f"`patience` must be a non-negative integer, got {patience!r}")
+        self.monitor, self.mode = monitor, check_mode(mode)
+        self.patience, self.min_delta = int(patience), float(min_delta)
+        self.best: float | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        """Count epochs without improvement; stop when they exceed ``patience``."""
+        value = monitored_value(logs, self.monitor, "EarlyStopping")
+        if is_improvement(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = int(logs["epoch"])
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Best value and epochs waited."""
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore best value and epochs waited."""
+        self.best, self.wait = state.get("best"), int(state.get("wait", 0))

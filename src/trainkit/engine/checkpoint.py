@@ -1,0 +1,250 @@
+"""Checkpoints: written atomically, read with ``weights_only=True`` so a file can never run code.
+
+Format (a plain dict of tensors and plain Python types)::
+
+    {"trainkit_format": 1, "trainkit_version": "...", "model": state_dict, "optimizer": ..., "scheduler": ...,
+     "scaler": ..., "epoch": completed epochs, "global_step": ..., "batch_idx": batches done in the epoch
+     (0 at an epoch boundary), "rng": RNG states, "loader": sampler state at epoch start, "history": [...],
+     "callbacks": {...}, "epoch_state": running sums for a mid-epoch resume}
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from torch import nn
+
+from trainkit.errors import CheckpointError
+
+__all__ = ["FORMAT_VERSION", "load_checkpoint", "save_checkpoint", "unwrap_model"]
+
+FORMAT_VERSION = 1
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside ``DistributedDataParallel`` / ``torch.compile`` wrappers.
+
+    Example:
+        >>> m = torch.nn.Linear(2, 2)
+        >>> unwrap_model(m) is m
+        True
+    """
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    state: Mapping[str, Any],
+    *,
+    opener: Callable[[str], BinaryIO] | None = None,
+) -> Path:
+    """Write ``state`` to ``path`` atomically: a temporary file, ``fsync``, then ``os.replace``.
+
+    A crash, a kill or a full disk during the write leaves the previous file at ``path`` intact.
+    ``trainkit_format`` is added when missing.
+
+    Args:
+        path: the destination; its folder is created.
+        state: tensors and plain Python types only (anything else would not load with ``weights_only``).
+        opener: opens the temporary file for writing (tests pass a failing one to simulate a full disk).
+
+    Raises:
+        CheckpointError: the file could not be written; the previous checkpoint is kept.
+
+    Example:
+        >>> import tempfile
+        >>> p = save_checkpoint(tempfile.mkdtemp() + "/w.pt", {"model": torch.nn.Linear(2, 2).state_dict()})
+        >>> sorted(load_checkpoint(p))
+        ['model', 'trainkit_format', 'trainkit_version']
+    """
+    path = Path(path)
+    payload = dict(state)
+    payload.setdefault("trainkit_format", FORMAT_VERSION)
+    payload.setdefault("trainkit_version", _version())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create the checkpoint folder {path.parent}: {err.strerror or err}") from err
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    open_tmp = opener or (lambda p: open(p, "wb"))  # noqa: SIM115 - closed below
+    try:
+        with open_tmp(str(tmp)) as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous checkpoint there is kept" if path.exists() else "no checkpoint was written"
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({err.strerror or err}); {kept}. Free disk space "
+            "or choose another `run_dir`"
+        ) from err
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    *,
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``) and load it into the objects given.
+
+    A file written by trainkit, or a plain ``torch.save(model.state_dict())`` file, can be loaded.
+    A file that would run code when unpickled is refused, never executed.
+
+    Args:
+        path: the checkpoint file.
+        model: receives ``checkpoint["model"]`` (DDP/compiled wrappers are unwrapped).
+        optimizer: receives ``checkpoint["optimizer"]``.
+        scheduler: receives ``checkpoint["scheduler"]``.
+        scaler: a ``GradScaler`` or :class:`MixedPrecision`; receives ``checkpoint["scaler"]``.
+        map_location: where tensors are loaded (default CPU; ``load_state_dict`` then copies them
+            to the parameters' devices).
+        strict: require the model's keys and shapes to match exactly.
+
+    Returns:
+        The checkpoint dict (for a plain state_dict file: ``{"model": state_dict}``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a checkpoint, unsafe, from a newer
+            trainkit, or does not fit the model (missing/unexpected keys and shape mismatches listed).
+
+    Example:
+        >>> import tempfile
+        >>> model = torch.nn.Linear(2, 2)
+        >>> p = save_checkpoint(tempfile.mkdtemp() + "/w.pt", {"model": model.state_dict(), "epoch": 3})
+        >>> load_checkpoint(p, model)["epoch"]
+        3
+    """
+    path = Path(path)
+    if not path.is_file():
+        hint = " (did training write a checkpoint? `run_dir` must be set)" if path.suffix == ".pt" else ""
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
+    ckpt = _read(path, map_location)
+    fmt = ckpt.get("trainkit_format")
+    if isinstance(fmt, int) and fmt > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by trainkit {ckpt.get('trainkit_version', '?')} (checkpoint format {fmt}); this is "
+            f"trainkit {_version()} (format {FORMAT_VERSION}): upgrade trainkit with `pip install -U trainkit`"
+        )
+    if model is not None:
+        load_model_state(unwrap_model(model), ckpt["model"], path=path, strict=strict)
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is None:
+            continue
+        if ckpt.get(name) is None:
+            raise CheckpointError(f"{path} holds no {name} state; pass `{name}=None` or resume from a full checkpoint")
+        try:
+            obj.load_state_dict(ckpt[name])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: the saved {name} state does not fit the given {name}: {err}") from err
+    return ckpt
+
+
+def load_model_state(
+    model: nn.Module, state: Mapping[str, Any], *, path: Path | str = "checkpoint", strict: bool = True
+) -> None:
+    """``model.load_state_dict`` with a readable error listing missing/unexpected keys and shape mismatches.
+
+    Example:
+        >>> load_model_state(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).state_dict())
+    """
+    own = model.state_dict()
+    state = _strip_prefixes(state, own)
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or (strict and (missing or unexpected)):
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es): {_few(mismatched)}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+        raise CheckpointError(
+            f"{path} does not fit {type(model).__name__}: " + "; ".join(parts) + ". Build the model with the same "
+            "architecture and arguments as when the checkpoint was saved (or pass `strict=False` to load what fits)"
+        )
+    model.load_state_dict(state, strict=strict)
+
+
+def _read(path: Path, map_location: Any) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} refused: it contains Python objects that `weights_only=True` does not load (a checkpoint from an "
+            f"untrusted source could run code this way). Only open it with `torch.load(weights_only=False)` if you "
+            f"trust who made it. Detail: {_first_line(err)}"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(
+            f"{path} is truncated or not a PyTorch checkpoint ({_first_line(err)}); the write may have been cut "
+            "short: use another checkpoint (e.g. `best.pt` or an earlier `last-*.pt`)"
+        ) from err
+    if isinstance(obj, Mapping) and "trainkit_format" in obj:
+        return dict(obj)
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"model": dict(obj)}  # a plain `torch.save(model.state_dict())` file
+    raise CheckpointError(
+        f"{path} is not a trainkit checkpoint or a model state_dict (it holds a {type(obj).__name__}); save models "
+        "with `trainkit.save_checkpoint` or `torch.save(model.state_dict(), path)`"
+    )
+
+
+def _strip_prefixes(state: Mapping[str, Any], own: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Accept state dicts saved from DDP (``module.``) or compiled (``_orig_mod.``) models."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _version() -> str:
+    from trainkit import __version__
+
+    return __version__

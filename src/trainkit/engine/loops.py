@@ -1,0 +1,462 @@
+"""The functional core: ``train_one_epoch``, ``evaluate`` and ``predict``.
+
+One training step, top to bottom (``grad_accum=k`` steps the optimizer every k batches)::
+
+    optimizer.zero_grad(set_to_none=True)        # first micro-batch of a group
+    with precision.autocast():
+        loss = loss_fn(model(inputs), targets)   # or your step function
+    precision.backward(loss / k)                 # scaled when fp16
+    precision.unscale_(optimizer); clip_grad_norm_(...)  # when clipping
+    stepped = precision.step(optimizer)          # skipped on inf/NaN gradients under fp16
+    precision.update()
+    if stepped and scheduler_interval == "step": scheduler.step()
+
+Losses and metric counts stay on the device; they are read when the progress bar refreshes
+(at most every 0.1 s) and at the end of the epoch, never once per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainkit.engine._step import (
+    BatchFixer,
+    StepFn,
+    StepOutput,
+    as_step_output,
+    batch_size_of,
+    explain_errors,
+    split_batch,
+)
+from trainkit.engine.precision import MixedPrecision
+from trainkit.engine.progress import Progress
+from trainkit.errors import NonFiniteLossError
+from trainkit.utils.device import move_to_device
+
+__all__ = ["LoopState", "evaluate", "predict", "train_one_epoch"]
+
+
+@dataclass
+class LoopState:
+    """Where a training epoch stands; saved in mid-epoch checkpoints so a resume continues exactly.
+
+    Attributes:
+        epoch: the epoch being trained (0-based).
+        batch_idx: batches of this epoch already consumed.
+        global_step: optimizer steps attempted since the start of training.
+        loss_sum: sum of ``loss * batch_size`` over this epoch (on the device).
+        samples: samples seen this epoch.
+    """
+
+    epoch: int = 0
+    batch_idx: int = 0
+    global_step: int = 0
+    loss_sum: torch.Tensor | None = None
+    samples: int = 0
+    nonfinite_at: torch.Tensor | None = field(default=None, repr=False)
+    steps_in_epoch: torch.Tensor | None = field(default=None, repr=False)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Reset the per-epoch counters for ``epoch``."""
+        self.epoch, self.batch_idx, self.samples = epoch, 0, 0
+        self.loss_sum = self.nonfinite_at = self.steps_in_epoch = None
+
+    def mean_loss(self) -> float:
+        """The epoch's mean loss so far (reads the device)."""
+        if self.loss_sum is None or self.samples == 0:
+            return float("nan")
+        return float(self.loss_sum.item()) / self.samples
+
+    def add_loss(self, loss: torch.Tensor, n: int) -> None:
+        """Accumulate a batch's mean loss on its device, with no synchronisation."""
+        value = loss.detach().to(_acc_dtype(loss.device)) * n
+        self.loss_sum = value if self.loss_sum is None else self.loss_sum + value
+        self.samples += n
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    precision: MixedPrecision | None = None,
+    scheduler: Any = None,
+    grad_accum: int = 1,
+    clip_grad_norm: float | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    step_fn: StepFn | None = None,
+    batch_transform: Callable[[Any], Any] | None = None,
+    on_nan: str = "raise",
+    state: LoopState | None = None,
+    progress: Progress | bool = False,
+    on_batch_end: Callable[[LoopState, StepOutput], None] | None = None,
+    num_batches: int | None = None,
+) -> dict[str, float]:
+    """Train ``model`` for one pass over ``loader`` and return ``{"loss": ..., "<metric>": ...}``.
+
+    Args:
+        model: any ``nn.Module``; put in train mode here.
+        loader: yields batches, ``(inputs, targets)`` for the default step.
+        optimizer: steps every ``grad_accum`` batches.
+        loss_fn: ``loss_fn(outputs, targets)``; not needed with ``step_fn``.
+        device: where batches go (default: the model's device).
+        precision: a :class:`MixedPrecision` (default: fp32).
+        scheduler: stepped after every optimizer step that was not skipped (per-step schedules;
+            per-epoch schedules are the caller's, as in :class:`Trainer`).
+        grad_accum: batches per optimizer step; each loss is divided by the group's size.
+        clip_grad_norm: clip the global gradient norm to this value (after unscaling).
+        metrics: ``{name: metric}``, each with ``update(outputs, targets)``/``compute()``/``reset()``.
+            Reset here unless ``state`` resumes mid-epoch.
+        step_fn: ``step_fn(batch) -> loss | {"loss", "outputs", "targets"}`` replacing the default
+            ``loss_fn(model(inputs), targets)``.
+        batch_transform: applied to each batch on the device (e.g. uint8 → normalised float).
+        on_nan: ``"raise"`` (default) or ``"skip"`` the step when the loss is NaN/inf. Raising is checked
+            immediately on the CPU and at each progress refresh on accelerators (no per-step sync);
+            ``"skip"`` checks every step.
+        state: a :class:`LoopState` to continue (mid-epoch resume) and update.
+        progress: ``True`` or a :class:`Progress` for a batch bar.
+        on_batch_end: called after every batch with the state and the step's output.
+        num_batches: batches in this pass, when ``len(loader)`` does not say (used to size the last
+            accumulation group).
+
+    Returns:
+        The epoch's mean loss (weighted by batch size) and the computed metrics, as floats.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> logs = train_one_epoch(model, data, opt, torch.nn.CrossEntropyLoss())
+        >>> sorted(logs)
+        ['loss']
+    """
+    if grad_accum < 1 or int(grad_accum) != grad_accum:
+        raise ValueError(f"`grad_accum` must be a positive integer, got {grad_accum!r}")
+    if on_nan not in ("raise", "skip"):
+        raise ValueError(f"`on_nan` must be 'raise' or 'skip', got {on_nan!r}")
+    if step_fn is None and loss_fn is None:
+        raise ValueError("`train_one_epoch` needs `loss_fn` (or a `step_fn` that returns the loss)")
+    device = torch.device(device) if device is not None else _model_device(model)
+    precision = precision or MixedPrecision(False, device)
+    bar = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
+    state = state or LoopState()
+    metrics = dict(metrics or {})
+    if state.batch_idx == 0:
+        state.begin_epoch(state.epoch)
+        for metric in metrics.values():
+            metric.reset()
+    step = step_fn or default_step(model, loss_fn)
+    fixer = BatchFixer(model, loss_fn) if step_fn is None else None
+    total = num_batches if num_batches is not None else _len_or_none(loader)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    check_now = device.type == "cpu" or on_nan == "skip"
+    group_has_grad = False
+
+    model.train()
+    bar.start_batches(total, desc=f"train {state.epoch + 1}", initial=state.batch_idx)
+    try:
+        for batch in loader:
+            i = state.batch_idx
+            n = batch_size_of(batch)
+            if fixer is not None:
+                batch = fixer(batch)
+            batch = move_to_device(batch, device)
+            if batch_transform is not None:
+                batch = batch_transform(batch)
+            group_start = i - i % grad_accum
+            group_len = grad_accum if total is None else min(grad_accum, total - group_start)
+            steps_now = i + 1 - group_start >= group_len
+            if i == group_start:
+                optimizer.zero_grad(set_to_none=True)
+                group_has_grad = False
+            with explain_errors(batch_size=n, where=f"training step {state.global_step} (batch {i})"):
+                with _no_sync_unless(model, steps_now), precision.autocast():
+                    out = as_step_output(step(batch))
+                loss = _require_loss(out)
+                finite = _finite_or_record(loss, state, check_now, on_nan)
+                if finite:
+                    with _no_sync_unless(model, steps_now):
+                        precision.backward(loss / group_len if group_len > 1 else loss)
+                    group_has_grad = True
+                if steps_now:
+                    if group_has_grad:  # every micro-batch of the group may have been skipped (on_nan="skip")
+                        if clip_grad_norm is not None:
+                            precision.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                        stepped = precision.step(optimizer)
+                        precision.update()
+                        if stepped and scheduler is not None:
+                            scheduler.step()
+                    state.global_step += 1
+            if finite:
+                state.add_loss(loss, n)
+                _update_metrics(metrics, out)
+            state.batch_idx += 1
+            if on_batch_end is not None:
+                on_batch_end(state, out)
+            bar.advance(lambda: _running_values(state, on_nan))
+    finally:
+        bar.end_batches()
+    raise_if_nonfinite(state)
+    return {"loss": state.mean_loss(), **compute_metrics(metrics)}
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    precision: MixedPrecision | None = None,
+    step_fn: StepFn | None = None,
+    batch_transform: Callable[[Any], Any] | None = None,
+    progress: Progress | bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Evaluate ``model`` on ``loader`` in eval mode under ``torch.inference_mode()``.
+
+    The model's previous train/eval mode is restored afterwards. The loss is the mean over
+    samples (batch means weighted by batch size); metrics are exact over the whole loader.
+
+    Args:
+        model: the model; ``model.eval()`` during the pass.
+        loader: yields batches like the training loader.
+        loss_fn: optional; without it and without ``step_fn`` no ``"loss"`` is reported.
+        metrics: ``{name: metric}``, reset before the pass.
+        device: default the model's device.
+        precision: autocast for the forward pass (default fp32).
+        step_fn: ``step_fn(batch) -> loss | {"loss", "outputs", "targets"}``.
+        batch_transform: applied to each batch on the device.
+        progress: ``True`` or a :class:`Progress` for a batch bar.
+        reduce: sums a tensor across processes (set by the Trainer under DDP).
+
+    Returns:
+        ``{"loss": ..., "<metric>": ...}`` as floats.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+        >>> list(evaluate(model, data, torch.nn.CrossEntropyLoss()))
+        ['loss']
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    precision = precision or MixedPrecision(False, device)
+    bar = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
+    metrics = dict(metrics or {})
+    for metric in metrics.values():
+        metric.reset()
+    step = step_fn or default_step(model, loss_fn, need_loss=False)
+    fixer = BatchFixer(model, loss_fn) if step_fn is None else None
+    state = LoopState()
+    was_training = model.training
+    model.eval()
+    bar.start_batches(_len_or_none(loader), desc="eval")
+    try:
+        with torch.inference_mode():
+            for i, batch in enumerate(loader):
+                n = batch_size_of(batch)
+                if fixer is not None:
+                    batch = fixer(batch)
+                batch = move_to_device(batch, device)
+                if batch_transform is not None:
+                    batch = batch_transform(batch)
+                with explain_errors(batch_size=n, where=f"evaluation (batch {i})"), precision.autocast():
+                    out = as_step_output(step(batch))
+                if out.loss is not None:
+                    state.add_loss(out.loss, n)
+                _update_metrics(metrics, out)
+                bar.advance(lambda: {"loss": state.mean_loss()})
+    finally:
+        bar.end_batches()
+        model.train(was_training)
+    results: dict[str, float] = {}
+    if state.loss_sum is not None:
+        total = torch.stack([state.loss_sum.double(), torch.tensor(float(state.samples), device=state.loss_sum.device)])
+        if reduce is not None:
+            total = reduce(total)
+        results["loss"] = float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
+    results.update(compute_metrics(metrics))
+    return results
+
+
+def predict(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    device: torch.device | str | None = None,
+    precision: MixedPrecision | None = None,
+    batch_transform: Callable[[Any], Any] | None = None,
+    step_fn: StepFn | None = None,
+) -> list[Any]:
+    """Run ``model`` over ``loader`` in eval mode and return the batched outputs, moved to the CPU.
+
+    A batch may be the inputs alone, ``(inputs, targets)`` or a dict with an image/input key.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> outs = predict(model, [torch.randn(3, 4), torch.randn(2, 4)])
+        >>> [o.shape[0] for o in outs]
+        [3, 2]
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    precision = precision or MixedPrecision(False, device)
+    outputs: list[Any] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i, batch in enumerate(loader):
+                batch = move_to_device(batch, device)
+                if batch_transform is not None:
+                    batch = batch_transform(batch)
+                where = f"prediction (batch {i})"
+                with explain_errors(batch_size=batch_size_of(batch), where=where), precision.autocast():
+                    out = step_fn(batch) if step_fn is not None else model(_inputs_of(batch))
+                outputs.append(move_to_device(out, torch.device("cpu"), non_blocking=False))
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, *, need_loss: bool = True) -> StepFn:
+    """The step ``loss_fn(model(inputs), targets)`` for ``(inputs, targets)`` batches.
+
+    Example:
+        >>> step = default_step(torch.nn.Identity(), torch.nn.functional.mse_loss)
+        >>> float(step((torch.ones(2), torch.zeros(2)))["loss"])
+        1.0
+    """
+
+    def step(batch: Any) -> dict[str, Any]:
+        inputs, targets = split_batch(batch)
+        outputs = model(inputs)
+        loss = loss_fn(outputs, targets) if loss_fn is not None else None
+        if loss is None and need_loss:
+            raise ValueError("the default training step needs `loss_fn`")
+        return {"loss": loss, "outputs": outputs, "targets": targets}
+
+    return step
+
+
+def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``{name: float(metric.compute())}``; metrics returning a dict contribute ``name/key`` entries.
+
+    Example:
+        >>> compute_metrics({})
+        {}
+    """
+    results: dict[str, float] = {}
+    for name, metric in metrics.items():
+        value = metric.compute()
+        if isinstance(value, Mapping):
+            results.update({f"{name}/{k}": _to_float(v) for k, v in value.items()})
+        else:
+            results[name] = _to_float(value)
+    return results
+
+
+def raise_if_nonfinite(state: LoopState) -> None:
+    """Raise :class:`NonFiniteLossError` if a NaN/inf loss was recorded (reads the device once)."""
+    if state.nonfinite_at is None:
+        return
+    at = int(state.nonfinite_at.item())
+    if at >= 0:
+        raise NonFiniteLossError(
+            f"loss is NaN or infinite at epoch {state.epoch + 1}, batch {at} of the epoch; lower the learning rate, "
+            "clip gradients (`clip_grad_norm=1.0`), check the inputs for NaN, or pass `on_nan='skip'`"
+        )
+
+
+def _finite_or_record(loss: torch.Tensor, state: LoopState, check_now: bool, on_nan: str) -> bool:
+    if check_now:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return True
+        if on_nan == "skip":
+            return False
+        raise NonFiniteLossError(
+            f"loss is {float(loss.detach().float().sum())} at step {state.global_step} (epoch {state.epoch + 1}, "
+            f"batch {state.batch_idx}); lower the learning rate, clip gradients (`clip_grad_norm=1.0`), check the "
+            "inputs for NaN, or pass `on_nan='skip'`"
+        )
+    # Accelerators: remember the first bad batch on the device; read at the next refresh.
+    bad = ~torch.isfinite(loss.detach()).all()
+    here = torch.full((), state.batch_idx, dtype=torch.int64, device=loss.device)
+    if state.nonfinite_at is None:
+        state.nonfinite_at = torch.full((), -1, dtype=torch.int64, device=loss.device)
+    state.nonfinite_at = torch.where(bad & (state.nonfinite_at < 0), here, state.nonfinite_at)
+    return True
+
+
+def _running_values(state: LoopState, on_nan: str) -> dict[str, float]:
+    raise_if_nonfinite(state)
+    return {"loss": state.mean_loss()}
+
+
+def _update_metrics(metrics: Mapping[str, Any], out: StepOutput) -> None:
+    if not metrics or out.outputs is None or out.targets is None:
+        return
+    outputs = out.outputs.detach() if isinstance(out.outputs, torch.Tensor) else out.outputs
+    with torch.no_grad():
+        for metric in metrics.values():
+            metric.update(outputs, out.targets)
+
+
+def _require_loss(out: StepOutput) -> torch.Tensor:
+    if not isinstance(out.loss, torch.Tensor):
+        raise TypeError(
+            f"the training step returned loss={type(out.loss).__name__}; it must return a scalar tensor "
+            "(or a dict with 'loss'). A model that returns a dict of losses needs a `training_step` that sums them"
+        )
+    if out.loss.numel() != 1:
+        raise ValueError(
+            f"the loss has shape {tuple(out.loss.shape)}; it must be a scalar. Use reduction='mean' in the loss "
+            "or reduce it in the step"
+        )
+    return out.loss
+
+
+def _inputs_of(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and len(batch) == 1:
+        return batch[0]
+    return split_batch(batch)[0]
+
+
+def _no_sync_unless(model: nn.Module, stepping: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP: skip the gradient all-reduce on accumulation micro-steps."""
+    no_sync = getattr(model, "no_sync", None)
+    if stepping or no_sync is None:
+        return contextlib.nullcontext()
+    return no_sync()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _len_or_none(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean().item()) if value.numel() > 1 else float(value.item())
+    return float(value)
