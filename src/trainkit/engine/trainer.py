@@ -75,6 +75,13 @@ class Trainer:
             ``static_graph``, ``gradient_as_bucket_view``, ...).
         sync_batchnorm: convert BatchNorm layers to ``SyncBatchNorm`` under DDP.
 
+    Attributes:
+        model: what is trained (the user's module, possibly wrapped in DDP / ``torch.compile``).
+        module: the user's module, unwrapped.
+        history: one dict of floats an epoch.
+        extra_state: plain data (str, numbers, lists, dicts) saved in every checkpoint under
+            ``"extra"``, e.g. the arguments needed to rebuild the model for prediction.
+
     Example:
         >>> model = torch.nn.Linear(4, 2)
         >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]
@@ -148,6 +155,7 @@ class Trainer:
         self._train_loader: Any = None
         self._tb: TensorBoardLogger | None = None
         self._resume_loader_state: dict[str, Any] | None = None
+        self.extra_state: dict[str, Any] = {}
 
     # -- steps a subclass may override -------------------------------------------------------
 
@@ -497,6 +505,7 @@ class Trainer:
             "history": [dict(row) for row in self.history],
             "callbacks": self.callbacks.state_dict(),
             "epoch_logs": dict(self.epoch_logs) if mid_epoch else {},
+            "extra": dict(self.extra_state),
         }
         if mid_epoch:
             state["epoch_state"] = {
