@@ -84,13 +84,17 @@ def save_checkpoint(
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         tmp.unlink(missing_ok=True)
+        # torch.save reports a failed write of its zip container as a RuntimeError whose context is the OSError.
+        os_err = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(os_err, OSError):
+            raise
         kept = "the previous checkpoint there is kept" if path.exists() else "no checkpoint was written"
         raise CheckpointError(
-            f"could not write checkpoint {path} ({err.strerror or err}); {kept}. Free disk space "
+            f"could not write checkpoint {path} ({os_err.strerror or os_err}); {kept}. Free disk space "
             "or choose another `run_dir`"
-        ) from err
+        ) from os_err
     return path
 
 
@@ -199,7 +203,7 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
             f"untrusted source could run code this way). Only open it with `torch.load(weights_only=False)` if you "
             f"trust who made it. Detail: {_first_line(err)}"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as err:
         raise CheckpointError(
             f"{path} is truncated or not a PyTorch checkpoint ({_first_line(err)}); the write may have been cut "
             "short: use another checkpoint (e.g. `best.pt` or an earlier `last-*.pt`)"
