@@ -1,0 +1,202 @@
+"""Tests for trainkit.engine.checkpoint: atomic writes, safe loading, clear errors, RNG states under weights_only."""
+
+from __future__ import annotations
+
+import errno
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from trainkit.engine.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, unwrap_model
+from trainkit.errors import CheckpointError
+from trainkit.utils.seed import get_rng_state, set_rng_state
+
+
+def _model(hidden: int = 8) -> nn.Module:
+    return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+
+class _DiskFullAfter(io.FileIO):
+    """A file that accepts ``limit`` bytes and then fails like a full disk."""
+
+    def __init__(self, path: str, limit: int = 200):
+        super().__init__(path, "wb")
+        self.limit, self.written = limit, 0
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self.written += len(data)
+        if self.written > self.limit:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+class _CreatesFile:
+    """A pickle payload that would create ``path`` when unpickled (a stand-in for running any code)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_save_then_load_round_trip_adds_the_format_version(tmp_path: Path) -> None:
+    model = _model()
+    path = save_checkpoint(tmp_path / "sub" / "a.pt", {"model": model.state_dict(), "epoch": 3})
+    assert path == tmp_path / "sub" / "a.pt"
+    other = _model()
+    ckpt = load_checkpoint(path, other)
+    assert ckpt["epoch"] == 3 and ckpt["trainkit_format"] == FORMAT_VERSION
+    for key, value in model.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.pt"]  # no temporary file left
+
+
+def test_disk_full_mid_write_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    first = _model()
+    path = save_checkpoint(tmp_path / "last.pt", {"model": first.state_dict(), "epoch": 1})
+    with pytest.raises(CheckpointError, match=r"No space left on device.*previous checkpoint there is kept.*disk"):
+        save_checkpoint(path, {"model": _model().state_dict(), "epoch": 2}, opener=_DiskFullAfter)
+    restored = _model()
+    assert load_checkpoint(path, restored)["epoch"] == 1
+    assert torch.equal(restored[0].weight, first[0].weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # the temporary file is removed
+
+
+def test_disk_full_on_the_first_write_says_nothing_was_written(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"no checkpoint was written.*Free disk space"):
+        save_checkpoint(tmp_path / "last.pt", {"model": _model().state_dict()}, opener=_DiskFullAfter)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pickle_payload_does_not_execute_on_load(tmp_path: Path) -> None:
+    victim = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pt"
+    torch.save({"trainkit_format": 1, "model": {}, "payload": _CreatesFile(str(victim))}, path)
+    with pytest.raises(CheckpointError, match=r"refused.*weights_only=True.*run code"):
+        load_checkpoint(path)
+    assert not victim.exists()
+
+
+def test_a_truncated_file_is_reported_as_truncated(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "last.pt", {"model": _model(64).state_dict()})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"last\.pt is truncated or not a PyTorch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "strings.pt"
+    torch.save(["not", "a", "checkpoint"], path)
+    with pytest.raises(CheckpointError, match=r"not a trainkit checkpoint or a model state_dict \(it holds a list\)"):
+        load_checkpoint(path)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"truncated or not a PyTorch checkpoint"):
+        load_checkpoint(text)
+
+
+def test_a_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"nope\.pt does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_architecture_mismatch_lists_keys_and_shapes(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "w.pt", {"model": _model(8).state_dict()})
+    wider = _model(16)
+    with pytest.raises(
+        CheckpointError, match=r"3 shape mismatch\(es\): 0\.weight: checkpoint \(8, 4\) vs model \(16, 4\)"
+    ):
+        load_checkpoint(path, wider)
+    deeper = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.Linear(2, 2))
+    with pytest.raises(CheckpointError, match=r"2 missing key\(s\): 3\.weight, 3\.bias"):
+        load_checkpoint(path, deeper)
+    shallower = nn.Sequential(nn.Linear(4, 8))
+    with pytest.raises(CheckpointError, match=r"2 unexpected key\(s\): 2\.weight, 2\.bias"):
+        load_checkpoint(path, shallower)
+    before = shallower[0].weight.detach().clone()
+    load_checkpoint(path, shallower, strict=False)  # loads what fits
+    assert not torch.equal(shallower[0].weight, before)
+
+
+def test_a_newer_format_asks_to_upgrade(tmp_path: Path) -> None:
+    path = save_checkpoint(
+        tmp_path / "new.pt", {"model": {}, "trainkit_format": FORMAT_VERSION + 1, "trainkit_version": "9.0"}
+    )
+    with pytest.raises(CheckpointError, match=r"trainkit 9\.0 \(checkpoint format 2\).*pip install -U trainkit"):
+        load_checkpoint(path)
+
+
+def test_a_plain_state_dict_file_loads(tmp_path: Path) -> None:
+    model = _model()
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    other = _model()
+    ckpt = load_checkpoint(tmp_path / "plain.pt", other)
+    assert list(ckpt) == ["model"]
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_ddp_prefixed_state_dict_loads_into_the_plain_model(tmp_path: Path) -> None:
+    model = _model()
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pt")
+    other = _model()
+    load_checkpoint(tmp_path / "ddp.pt", other)
+    assert torch.equal(other[2].bias, model[2].bias)
+
+
+def test_optimizer_and_scheduler_states_load_and_missing_ones_are_named(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    path = save_checkpoint(
+        tmp_path / "full.pt",
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+    )
+    model2 = _model()
+    opt2 = torch.optim.Adam(model2.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    load_checkpoint(path, model2, opt2, sched2)
+    assert sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    weights_only = save_checkpoint(tmp_path / "w.pt", {"model": model.state_dict()})
+    with pytest.raises(CheckpointError, match=r"holds no optimizer state; pass `optimizer=None`"):
+        load_checkpoint(weights_only, _model(), torch.optim.SGD(_model().parameters(), lr=0.1))
+
+
+def test_rng_states_round_trip_under_weights_only(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.standard_normal()  # leave a cached gaussian in NumPy's legacy state
+    path = save_checkpoint(tmp_path / "rng.pt", {"rng": get_rng_state()})
+    expected = (random.random(), random.gauss(0, 1), np.random.rand(3), np.random.standard_normal(), torch.rand(3))
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    set_rng_state(load_checkpoint(path)["rng"])  # load_checkpoint reads with weights_only=True
+    got = (random.random(), random.gauss(0, 1), np.random.rand(3), np.random.standard_normal(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1]
+    np.testing.assert_array_equal(got[2], expected[2])
+    assert got[3] == expected[3]
+    assert torch.equal(got[4], expected[4])
+
+
+def test_unwrap_model_reaches_the_inner_module() -> None:
+    inner = _model()
+
+    class Wrapper(nn.Module):
+        def __init__(self, module: nn.Module):
+            super().__init__()
+            self.module = module
+
+    assert unwrap_model(Wrapper(Wrapper(inner))) is inner
+    assert unwrap_model(inner) is inner
