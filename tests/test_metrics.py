@@ -192,7 +192,9 @@ def test_empty_batch_changes_nothing() -> None:
 # ----------------------------------------------------------------------------- device and host sync
 
 
-@pytest.mark.parametrize("make", [lambda: MeanIoU(num_classes=4), lambda: Accuracy(num_classes=4, top_k=2, ignore_index=255)])
+@pytest.mark.parametrize(
+    "make", [lambda: MeanIoU(num_classes=4), lambda: Accuracy(num_classes=4, top_k=2, ignore_index=255)]
+)
 def test_update_never_reads_values_on_the_host(make, monkeypatch: pytest.MonkeyPatch) -> None:
     metric = make()
     batches = _batches()
@@ -224,6 +226,16 @@ def test_state_lives_on_the_first_updates_device_and_to_moves_it() -> None:
 
 
 # ----------------------------------------------------------------------------- state
+
+
+def test_state_made_under_inference_mode_keeps_working_outside_it() -> None:
+    metric = Accuracy(num_classes=2)
+    with torch.inference_mode():
+        metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    metric.update(torch.tensor([0, 0]), torch.tensor([1, 1]))
+    with torch.inference_mode():
+        metric.update(torch.tensor([1]), torch.tensor([1]))
+    assert metric.compute().item() == pytest.approx(3 / 5)
 
 
 def test_state_dict_round_trip_merge_and_reset() -> None:

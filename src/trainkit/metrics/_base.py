@@ -72,7 +72,11 @@ class Metric:
         raise NotImplementedError
 
     def _update(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch to ``state`` in place, with tensor operations only."""
+        """Add one batch to ``state`` with tensor operations only.
+
+        Entries are replaced (``state[k] = state[k] + counts``), not updated in place: a state made
+        under ``torch.inference_mode()`` (an evaluation loop) then stays usable outside it.
+        """
         raise NotImplementedError
 
     def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:

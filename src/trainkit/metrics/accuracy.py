@@ -105,12 +105,12 @@ class Accuracy(Metric):
         else:
             hit = p == t
         counted = kept & ~bad
-        state["correct"] += (hit & counted).sum()
-        state["total"] += counted.sum()
-        state["out_of_range"] += bad.sum()
+        state["correct"] = state["correct"] + (hit & counted).sum()
+        state["total"] = state["total"] + counted.sum()
+        state["out_of_range"] = state["out_of_range"] + bad.sum()
         low, high = label_extremes(t, p, kept)
-        torch.minimum(state["label_min"], low, out=state["label_min"])
-        torch.maximum(state["label_max"], high, out=state["label_max"])
+        state["label_min"] = torch.minimum(state["label_min"], low)
+        state["label_max"] = torch.maximum(state["label_max"], high)
 
     def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
         raise_if_out_of_range(state, owner=type(self).__name__, num_classes=self.num_classes, ignore=self.ignore_index)

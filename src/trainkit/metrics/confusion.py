@@ -76,11 +76,11 @@ class _ConfusionMetric(Metric):
         flat = torch.where(kept & ~bad, t * c + p, c * c)
         ones = torch.ones((), dtype=torch.int64, device=t.device).expand(flat.numel())
         bins = torch.zeros(c * c + 1, dtype=torch.int64, device=t.device).index_add_(0, flat, ones)
-        state["confmat"] += bins[:-1].view(c, c)
-        state["out_of_range"] += bad.sum()
+        state["confmat"] = state["confmat"] + bins[:-1].view(c, c)
+        state["out_of_range"] = state["out_of_range"] + bad.sum()
         low, high = label_extremes(t, p, kept)
-        torch.minimum(state["label_min"], low, out=state["label_min"])
-        torch.maximum(state["label_max"], high, out=state["label_max"])
+        state["label_min"] = torch.minimum(state["label_min"], low)
+        state["label_max"] = torch.maximum(state["label_max"], high)
 
     def _matrix(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
         raise_if_out_of_range(state, owner=type(self).__name__, num_classes=self.num_classes, ignore=self.ignore_index)
