@@ -246,3 +246,14 @@ def test_presets_reject_inputs_outside_the_contract() -> None:
         preset(image, torch.zeros(8, 9, dtype=torch.int64))
     with pytest.raises(TypeError, match=r"or a detection dict .* got list"):
         preset(image, [1, 2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batch_normalize_on_the_gpu_matches_the_cpu() -> None:
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    normalize = BatchNormalize()
+    on_gpu = normalize((images.cuda(), torch.zeros(2, 8, 8, dtype=torch.int64).cuda()))
+    assert on_gpu[0].device.type == "cuda" and on_gpu[0].dtype == torch.float32
+    assert torch.allclose(on_gpu[0].cpu(), normalize(images), atol=1e-6)
+    half = normalize(images.cuda().half())
+    assert half.dtype == torch.float16 and torch.allclose(half.float().cpu(), normalize(images.float()), atol=1e-2)

@@ -82,3 +82,15 @@ def test_bad_inputs_get_clear_errors() -> None:
         model(torch.randn(3, 16, 16))
     with pytest.raises(ValueError, match=r"depth=2 needs inputs of at least 4x4 pixels, got 3x16"):
         model(torch.randn(1, 3, 3, 16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("bilinear", [False, True])
+def test_unet_trains_on_the_gpu_under_autocast(bilinear: bool) -> None:
+    model = UNet(3, 2, base_channels=8, depth=3, bilinear=bilinear).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 37, 53, device="cuda").to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.shape == (2, 2, 37, 53) and logits.dtype == torch.bfloat16
+    F.cross_entropy(logits.float(), torch.randint(0, 2, (2, 37, 53), device="cuda")).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
