@@ -1,0 +1,253 @@
+"""Reading image and mask files into tensors/arrays, with errors that name the file.
+
+Images come back as uint8 ``[C, H, W]`` tensors with the requested channel count; masks as the raw values
+stored in the file (palette indices, not colours), or as ``[H, W, 3]`` RGB when colours are wanted.
+
+The decoder is chosen by the file's first bytes, not its extension (public datasets ship PNGs named
+``.jpg``). ``torchvision.io`` decodes PNG, JPEG and WEBP images (the fast path; it expands PNG palettes to
+colours correctly); Pillow decodes everything else and all masks, because ``torchvision.io`` expands GIF
+palettes to RGB and misreads low-bit-depth and transparent palette PNGs in its ``UNCHANGED`` mode; TIFF goes
+through ``tifffile`` when installed (LZW and friends need ``imagecodecs``), else Pillow.
+
+torchvision 0.29 deprecated its image decoders in favour of TorchCodec and warns on every call; that one
+warning is filtered here, and a torchvision without the decoders makes Pillow decode everything.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from trainkit.errors import DecodeError
+
+try:
+    from torchvision.io import ImageReadMode, decode_image
+except ImportError:  # a torchvision that dropped its decoders: Pillow decodes everything
+    ImageReadMode = decode_image = None  # type: ignore[assignment,misc]
+
+__all__ = ["IMAGE_EXTENSIONS", "pixel_format", "read_image", "read_mask"]
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+"""File extensions (lower case) that are listed as images or masks; everything else in a folder is ignored."""
+
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
+
+_TIFF_HINT = "install the TIFF codecs with `pip install trainkit[tiff]` (tifffile + imagecodecs)"
+_READ_MODES = {1: "GRAY", 3: "RGB", 4: "RGB_ALPHA"}  # ImageReadMode names per channel count
+_PILLOW_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_CHANNELS_OF_MODE = {"1": 1, "L": 1, "P": 3, "I": 1, "F": 1, "LA": 2, "PA": 4, "RGB": 3, "YCbCr": 3, "LAB": 3}
+_CHANNELS_OF_MODE.update({"RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I;16": 1, "I;16B": 1, "I;16L": 1})
+_CPP_LOCATION = re.compile(r"^.*\.cpp:\d+,\s*")
+
+
+def _kind(head: bytes) -> str:
+    """The container format from the first bytes of a file."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return "other"  # GIF, BMP and anything else Pillow can identify
+
+
+def _decode_error(path: Path, err: BaseException) -> DecodeError:
+    reason = _CPP_LOCATION.sub("", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    return DecodeError(
+        f"{path}: cannot decode ({reason}); the file is truncated, corrupt or not an image: "
+        "re-export it, or remove it from the folder"
+    )
+
+
+def _is_missing_codec(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, ImportError) or "imagecodecs" in text or "not available" in text
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """First page of a (multi-page) TIFF as ``[H, W]`` or ``[H, W, C]``."""
+    try:
+        import tifffile
+    except ImportError:
+        tifffile = None
+    codec_error: BaseException | None = None
+    if tifffile is not None:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                array = page.asarray()
+                axes = page.axes
+        except Exception as err:
+            if not _is_missing_codec(err):
+                raise _decode_error(path, err) from err
+            codec_error = err  # Pillow's libtiff may still have the codec
+        else:
+            if "S" in axes and axes.index("S") < axes.index("Y"):  # planar samples: [C, H, W] -> [H, W, C]
+                array = np.moveaxis(array, axes.index("S"), -1)
+            if array.ndim not in (2, 3):
+                raise DecodeError(f"{path}: a TIFF page with axes {axes!r} is not a 2-D image; save it as [H, W, C]")
+            return array
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            return np.array(image)
+    except Exception as err:
+        if codec_error is not None or _is_missing_codec(err) or isinstance(err, UnidentifiedImageError):
+            raise DecodeError(
+                f"{path}: this TIFF needs a codec that is not installed ({codec_error or err}); {_TIFF_HINT}"
+            ) from err
+        raise _decode_error(path, err) from err
+
+
+def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    raise DecodeError(
+        f"{path}: image samples are {array.dtype}; images must be 8- or 16-bit unsigned integers: "
+        "convert the file (e.g. to 8-bit PNG)"
+    )
+
+
+def _convert_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """Convert a uint8 ``[C, H, W]`` image with C in 1..4 (gray, gray+alpha, RGB, RGBA) to ``channels``."""
+    have = image.shape[0]
+    if have == channels:
+        return image
+    if have <= 2:  # gray (+ alpha)
+        gray = image[:1]
+        if channels == 1:
+            return gray.contiguous()
+        rgb = gray.expand(3, -1, -1)
+        return rgb.contiguous() if channels == 3 else torch.cat([rgb, _alpha(image)])
+    rgb = image[:3]
+    if channels == 3:
+        return rgb.contiguous()
+    if channels == 4:
+        return torch.cat([rgb, _alpha(image)])
+    # ITU-R 601-2 luma in fixed point, the weights Pillow uses for "L".
+    r, g, b = rgb.to(torch.int32).unbind(0)
+    return ((r * 19595 + g * 38470 + b * 7471 + 32768) >> 16).to(torch.uint8).unsqueeze(0)
+
+
+def _alpha(image: torch.Tensor) -> torch.Tensor:
+    if image.shape[0] in (2, 4):
+        return image[-1:]
+    return torch.full_like(image[:1], 255)
+
+
+def read_image(path: Path, channels: int = 3) -> torch.Tensor:
+    """Decode an image file into a uint8 ``[channels, H, W]`` tensor (first frame/page of animations/stacks).
+
+    Raises:
+        DecodeError: the file is truncated, corrupt, not an image, or needs a missing TIFF codec.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DecodeError(f"{path}: cannot read the file ({err})") from err
+    kind = _kind(data[:12].tobytes())
+    if kind in ("png", "jpeg", "webp") and decode_image is not None:
+        mode = "RGB" if kind == "jpeg" and channels == 4 else _READ_MODES[channels]  # JPEG has no RGBA mode
+        try:
+            image = decode_image(torch.from_numpy(data), mode=ImageReadMode[mode])
+        except RuntimeError as err:
+            raise _decode_error(path, err) from err
+        if image.dtype == torch.uint16:  # 16-bit PNG
+            image = (image.to(torch.int32) >> 8).to(torch.uint8)  # torch has no uint16 shift
+        return _convert_channels(image, channels)
+    if kind == "tiff":
+        array = _to_uint8(_read_tiff(path), path)
+        chw = torch.from_numpy(array).unsqueeze(0) if array.ndim == 2 else torch.from_numpy(array).permute(2, 0, 1)
+        if not 1 <= chw.shape[0] <= 4:
+            raise DecodeError(f"{path}: {chw.shape[0]} channels per pixel; expected 1 to 4 (gray, RGB, RGBA)")
+        return _convert_channels(chw, channels)
+    try:
+        with Image.open(path) as pil:
+            if pil.mode in ("I", "F") or pil.mode.startswith("I;16"):
+                array = _to_uint8(np.array(pil), path)
+                return _convert_channels(torch.from_numpy(array).unsqueeze(0), channels)
+            array = np.array(pil.convert(_PILLOW_MODES[channels]))
+    except DecodeError:
+        raise
+    except Exception as err:
+        raise _decode_error(path, err) from err
+    return torch.from_numpy(array).unsqueeze(0) if array.ndim == 2 else torch.from_numpy(array).permute(2, 0, 1)
+
+
+def read_mask(path: Path, *, rgb: bool = False) -> np.ndarray:
+    """Read a mask's stored values: ``[H, W]`` (palette indices, gray levels, 16-bit ids) or ``[H, W, 3]``.
+
+    Args:
+        path: The mask file.
+        rgb: Return ``[H, W, 3]`` uint8 colours (palette and gray masks are expanded) for ``color_map``.
+            Otherwise an ``[H, W, 3+]`` colour mask comes back as ``[H, W, 3]`` unless its channels are equal
+            (a gray mask saved as RGB), which gives ``[H, W]``.
+
+    Raises:
+        DecodeError: the file is truncated, corrupt, not an image, or needs a missing TIFF codec.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError as err:
+        raise DecodeError(f"{path}: cannot read the file ({err})") from err
+    if _kind(head) == "tiff":
+        array = _read_tiff(path)
+    else:
+        try:
+            with Image.open(path) as pil:
+                if rgb and pil.mode not in ("RGB", "RGBA"):
+                    pil = pil.convert("RGB")
+                elif pil.mode in ("LA", "PA", "CMYK", "YCbCr"):
+                    pil = pil.convert("RGB") if pil.mode in ("CMYK", "YCbCr") else pil.getchannel(0)
+                array = np.array(pil)
+                if pil.mode == "1":  # 1-bit masks hold bits: 0/1, whatever Pillow's array of them looks like
+                    array = (array != 0).astype(np.uint8)
+        except Exception as err:
+            raise _decode_error(path, err) from err
+    if array.dtype == np.bool_:
+        array = array.view(np.uint8)
+    if rgb and array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim == 3:
+        array = array[:, :, :3]
+        if not rgb and array.shape[2] == 3 and (array[:, :, :1] == array[:, :, 1:]).all():
+            array = np.ascontiguousarray(array[:, :, 0])
+    return array
+
+
+def pixel_format(path: Path) -> tuple[str, int | None]:
+    """How a file stores its pixels, read from its header: a mode name (``"RGB"``, ``"L"``, ``"P"``...) and
+    the channel count a decoder produces before conversion (palette counts as 3, or 4 with transparency).
+
+    ``("unknown", None)`` when neither Pillow nor tifffile can read the header.
+    """
+    try:
+        with Image.open(path) as pil:
+            mode = pil.mode
+            if mode == "P" and "transparency" in pil.info:
+                return "P+transparency", 4
+            return mode, _CHANNELS_OF_MODE.get(mode)
+    except Exception:
+        pass
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return f"TIFF {page.dtype}", int(page.samplesperpixel)
+    except Exception:
+        return "unknown", None
