@@ -59,13 +59,14 @@ class LoopState:
     global_step: int = 0
     loss_sum: torch.Tensor | None = None
     samples: int = 0
+    metrics_updated: bool = False
     nonfinite_at: torch.Tensor | None = field(default=None, repr=False)
-    steps_in_epoch: torch.Tensor | None = field(default=None, repr=False)
 
     def begin_epoch(self, epoch: int) -> None:
         """Reset the per-epoch counters for ``epoch``."""
         self.epoch, self.batch_idx, self.samples = epoch, 0, 0
-        self.loss_sum = self.nonfinite_at = self.steps_in_epoch = None
+        self.metrics_updated = False
+        self.loss_sum = self.nonfinite_at = None
 
     def mean_loss(self) -> float:
         """The epoch's mean loss so far (reads the device)."""
@@ -198,7 +199,7 @@ def train_one_epoch(
                     state.global_step += 1
             if finite:
                 state.add_loss(loss, n)
-                _update_metrics(metrics, out)
+                state.metrics_updated |= _update_metrics(metrics, out)
             state.batch_idx += 1
             if on_batch_end is not None:
                 on_batch_end(state, out)
@@ -206,7 +207,8 @@ def train_one_epoch(
     finally:
         bar.end_batches()
     raise_if_nonfinite(state)
-    return {"loss": state.mean_loss(), **compute_metrics(metrics)}
+    # A step that returns only the loss (e.g. a detection model's loss dict) leaves the metrics unfed.
+    return {"loss": state.mean_loss(), **(compute_metrics(metrics) if state.metrics_updated else {})}
 
 
 def evaluate(
@@ -273,7 +275,7 @@ def evaluate(
                     out = as_step_output(step(batch))
                 if out.loss is not None:
                     state.add_loss(out.loss, n)
-                _update_metrics(metrics, out)
+                state.metrics_updated |= _update_metrics(metrics, out)
                 bar.advance(lambda: {"loss": state.mean_loss()})
     finally:
         bar.end_batches()
@@ -284,7 +286,8 @@ def evaluate(
         if reduce is not None:
             total = reduce(total)
         results["loss"] = float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
-    results.update(compute_metrics(metrics))
+    if state.metrics_updated or _distributed():  # every rank joins the metrics' all-reduce, fed or not
+        results.update(compute_metrics(metrics))
     return results
 
 
@@ -401,13 +404,15 @@ def _running_values(state: LoopState, on_nan: str) -> dict[str, float]:
     return {"loss": state.mean_loss()}
 
 
-def _update_metrics(metrics: Mapping[str, Any], out: StepOutput) -> None:
+def _update_metrics(metrics: Mapping[str, Any], out: StepOutput) -> bool:
+    """Feed the step's outputs and targets to the metrics; ``False`` when the step gave none."""
     if not metrics or out.outputs is None or out.targets is None:
-        return
+        return False
     outputs = out.outputs.detach() if isinstance(out.outputs, torch.Tensor) else out.outputs
     with torch.no_grad():
         for metric in metrics.values():
             metric.update(outputs, out.targets)
+    return True
 
 
 def _require_loss(out: StepOutput) -> torch.Tensor:
@@ -438,6 +443,10 @@ def _no_sync_unless(model: nn.Module, stepping: bool) -> contextlib.AbstractCont
     if stepping or no_sync is None:
         return contextlib.nullcontext()
     return no_sync()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _model_device(model: nn.Module) -> torch.device:

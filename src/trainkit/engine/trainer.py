@@ -340,6 +340,7 @@ class Trainer:
                 epoch_state["loss_sum"].to(self.device) if epoch_state.get("loss_sum") is not None else None
             )
             self.state.samples = int(epoch_state.get("samples", 0))
+            self.state.metrics_updated = bool(epoch_state.get("metrics"))
             for name, metric in self.train_metrics.items():
                 saved = epoch_state.get("metrics", {}).get(name)
                 if saved is not None and hasattr(metric, "load_state_dict"):
