@@ -255,5 +255,5 @@ def test_batch_normalize_on_the_gpu_matches_the_cpu() -> None:
     on_gpu = normalize((images.cuda(), torch.zeros(2, 8, 8, dtype=torch.int64).cuda()))
     assert on_gpu[0].device.type == "cuda" and on_gpu[0].dtype == torch.float32
     assert torch.allclose(on_gpu[0].cpu(), normalize(images), atol=1e-6)
-    half = normalize(images.cuda().half())
-    assert half.dtype == torch.float16 and torch.allclose(half.float().cpu(), normalize(images.float()), atol=1e-2)
+    half = normalize((images.float() / 255).half().cuda())  # float input in [0, 1]: normalised in its own dtype
+    assert half.dtype == torch.float16 and torch.allclose(half.float().cpu(), normalize(images), atol=1e-2)
