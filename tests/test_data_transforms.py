@@ -131,6 +131,23 @@ def test_boxes_masks_and_labels_move_together() -> None:
     assert 3 in counts and min(counts) < 3  # some crops kept every object, some dropped one
 
 
+def test_eval_preset_keeps_box_format_and_recomputes_area() -> None:
+    image = tv_tensors.Image(torch.zeros(3, 10, 12, dtype=torch.uint8))
+    masks = torch.zeros(2, 10, 12, dtype=torch.bool)
+    masks[0, 1:4, 2:7] = True
+    masks[1, 5:10, 0:2] = True
+    target = {
+        "masks": tv_tensors.Mask(masks),
+        "boxes": tv_tensors.BoundingBoxes([[2, 1, 5, 3], [0, 5, 2, 5]], format="XYWH", canvas_size=(10, 12)),
+        "labels": torch.tensor([4, 5]),
+        "area": torch.tensor([15.0, 10.0]),
+    }
+    _, out = eval_preset((20, 24), normalize=False)(image, target)
+    assert out["boxes"].format == tv_tensors.BoundingBoxFormat.XYWH
+    assert torch.equal(out["boxes"].as_subclass(torch.Tensor), torch.tensor([[4.0, 2, 10, 6], [0, 10, 4, 10]]))
+    assert torch.equal(out["area"], torch.tensor([60.0, 40.0])) and torch.equal(out["labels"], torch.tensor([4, 5]))
+
+
 def test_eval_preset_resizes_masks_with_nearest_neighbour() -> None:
     torch.manual_seed(0)
     values = torch.tensor([0, 3, 7, 255])

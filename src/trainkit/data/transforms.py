@@ -334,8 +334,10 @@ class _FinishTarget:
             return image, target.to(torch.int64)
         if not isinstance(target, Mapping) or not isinstance(target.get("boxes"), tv_tensors.BoundingBoxes):
             return image, target
-        boxes = target["boxes"]
-        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        xyxy = v2.functional.convert_bounding_box_format(
+            target["boxes"], new_format=tv_tensors.BoundingBoxFormat.XYXY
+        ).as_subclass(torch.Tensor)
+        keep = (xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)
         masks = target.get("masks")
         if isinstance(masks, torch.Tensor) and masks.ndim == 3 and masks.shape[0] == keep.shape[0]:
             keep &= masks.flatten(1).any(dim=1)
@@ -348,6 +350,6 @@ class _FinishTarget:
                 value = tv_tensors.wrap(kept, like=value) if isinstance(value, tv_tensors.TVTensor) else kept
             finished[key] = value
         if "area" in finished:
-            b = finished["boxes"].as_subclass(torch.Tensor)
-            finished["area"] = (b[:, 3] - b[:, 1]) * (b[:, 2] - b[:, 0])
+            xyxy = xyxy[keep]
+            finished["area"] = (xyxy[:, 3] - xyxy[:, 1]) * (xyxy[:, 2] - xyxy[:, 0])
         return image, finished
