@@ -1,0 +1,265 @@
+"""``SegmentationDataset``: folders of images and masks, paired by stem, as correct tensors.
+
+Contract of a sample ``image, target = ds[i]``:
+
+* ``image``: ``tv_tensors.Image`` uint8 ``[C, H, W]``, ``C = channels``;
+* ``target="semantic"``: ``tv_tensors.Mask`` int64 ``[H, W]`` of class ids (``ignore_index`` kept);
+* ``target="binary"``: ``tv_tensors.Mask`` int64 ``[H, W]`` of 0/1;
+* ``target="instance"``: torchvision's detection dict: ``masks`` (``tv_tensors.Mask`` bool ``[N, H, W]``),
+  ``boxes`` (``tv_tensors.BoundingBoxes`` float32 xyxy, ``x2``/``y2`` = last column/row + 1), ``labels``
+  int64 ``[N]``, ``area`` float32 ``[N]`` (box area), ``iscrowd`` int64 zeros, ``image_id`` int64 (the index).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from trainkit.data._decode import read_image, read_mask
+from trainkit.data._encoding import MaskEncoding
+from trainkit.data._pairing import pair_files
+from trainkit.data._seeding import check_epoch, sample_rng
+from trainkit.data._targets import binary_target, instance_target, label_table, semantic_target
+from trainkit.errors import DataError
+
+__all__ = ["TARGETS", "ClassDict", "SegmentationDataset", "read_class_dict"]
+
+TARGETS: tuple[str, ...] = ("semantic", "binary", "instance")
+"""The target kinds :class:`SegmentationDataset` builds."""
+
+Sample = tuple[tv_tensors.Image, Any]
+JointTransform = Callable[[tv_tensors.Image, Any], tuple[Any, Any]]
+
+
+class SegmentationDataset(Dataset[Sample]):
+    """Images and masks from two folders, paired by file stem, decoded into the tensors a model trains on.
+
+    Args:
+        images: Folder of images.
+        masks: Folder of masks; a mask's stem is the image's stem + ``mask_suffix`` (extensions may differ).
+        mask_suffix: e.g. ``"_mask"`` for ``img1.png`` ↔ ``img1_mask.gif``.
+        target: ``"semantic"`` (class ids), ``"binary"`` (0/1) or ``"instance"`` (detection dict).
+        num_classes: When given, semantic class ids must be ``< num_classes`` (or ``ignore_index``), and
+            instance labels too; a violation raises :class:`~trainkit.errors.MaskValueError` naming the file.
+        color_map: ``{(r, g, b): class_id}`` for RGB colour-coded masks (see :func:`read_class_dict`).
+        value_map: ``{raw_value: class_id}`` for single-channel masks whose values are not class ids.
+        ignore_index: Class id of "don't care" pixels; stored pixels with this value pass through untouched
+            (and are not objects for ``target="instance"``).
+        threshold: ``target="binary"`` only: foreground is ``value > threshold`` (default: any non-zero).
+            Without a map, 0/255 masks give 0/1 (255 counts as foreground, not ignore).
+        instance_labels: ``target="instance"`` only: ``{object_id: class}``; default: every object is class 1.
+        channels: Image channels: 1 (gray), 3 (RGB) or 4 (RGBA); gray, palette and RGBA files are converted.
+        transforms: Joint transform ``(image, target) -> (image, target)``; run under per-sample seeding.
+        strict: Raise on unpaired files (default) or drop them with one warning.
+        recursive: Also search subfolders; pairing then uses the relative path without extension.
+        seed: Base seed of the per-sample random draws; ``None`` draws one from torch's global generator here.
+
+    Raises:
+        PairingError: unpaired files (``strict=True``) or files sharing a stem.
+        DataError: a folder does not exist or holds no images.
+        ValueError: an argument of the wrong form.
+
+    Example:
+        >>> ds = SegmentationDataset("PennFudanPed/PNGImages", "PennFudanPed/PedMasks", mask_suffix="_mask",
+        ...                          target="instance")  # doctest: +SKIP
+        >>> image, target = ds[0]  # doctest: +SKIP
+        >>> image.dtype, target["boxes"].shape  # doctest: +SKIP
+        (torch.uint8, torch.Size([2, 4]))
+    """
+
+    def __init__(
+        self,
+        images: str | os.PathLike[str],
+        masks: str | os.PathLike[str],
+        *,
+        mask_suffix: str = "",
+        target: str = "semantic",
+        num_classes: int | None = None,
+        color_map: Mapping[tuple[int, int, int], int] | None = None,
+        value_map: Mapping[int, int] | None = None,
+        ignore_index: int | None = 255,
+        threshold: float | None = None,
+        instance_labels: Mapping[int, int] | None = None,
+        channels: int = 3,
+        transforms: JointTransform | None = None,
+        strict: bool = True,
+        recursive: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        if target not in TARGETS:
+            raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}")
+        if channels not in (1, 3, 4):
+            raise ValueError(f"`channels` must be 1 (gray), 3 (RGB) or 4 (RGBA), got {channels!r}")
+        if threshold is not None and target != "binary":
+            raise ValueError(f"`threshold` applies to `target='binary'` only, got `target={target!r}`")
+        if instance_labels is not None and target != "instance":
+            raise ValueError(f"`instance_labels` applies to `target='instance'` only, got `target={target!r}`")
+        if transforms is not None and not callable(transforms):
+            raise TypeError(f"`transforms` must be callable(image, target) -> (image, target), got {transforms!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be an integer or None, got {seed!r}")
+        self.images = Path(images)
+        self.masks = Path(masks)
+        self.target = target
+        self.threshold = threshold
+        self.channels = channels
+        self.transforms = transforms
+        self.encoding = MaskEncoding(
+            color_map=color_map, value_map=value_map, ignore_index=ignore_index, num_classes=num_classes
+        )
+        self._labels = label_table(instance_labels, num_classes) if target == "instance" else None
+        self.samples: list[tuple[Path, Path]] = pair_files(
+            self.images, self.masks, mask_suffix=mask_suffix, recursive=recursive, strict=strict
+        )
+        self.seed: int = int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed
+        # Shared memory: DataLoader workers (persistent ones included) see `set_epoch` from the main process.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        """Number of image/mask pairs.
+
+        Example:
+            >>> len(ds)  # doctest: +SKIP
+            170
+        """
+        return len(self.samples)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch last given to :meth:`set_epoch` (0 before the first call).
+
+        Example:
+            >>> ds.set_epoch(3); ds.epoch  # doctest: +SKIP
+            3
+        """
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds augmentations; call before ``iter(loader)`` (workers prefetch at once).
+
+        Raises:
+            ValueError: ``epoch`` is not a non-negative integer.
+
+        Example:
+            >>> ds.set_epoch(1)  # doctest: +SKIP
+        """
+        self._epoch.fill_(check_epoch(epoch))
+
+    def __getitem__(self, index: int) -> Sample:
+        """Decode sample ``index`` and build its target; apply ``transforms`` under per-sample seeding.
+
+        Raises:
+            DecodeError: an unreadable, truncated or corrupt file.
+            MaskValueError: mask values outside the maps or ``num_classes``.
+            DataError: image and mask sizes differ.
+
+        Example:
+            >>> image, mask = ds[0]  # doctest: +SKIP
+        """
+        image_path, mask_path = self.samples[index]
+        image = read_image(image_path, self.channels)
+        raw = read_mask(mask_path, rgb=self.encoding.color_map is not None)
+        if tuple(image.shape[-2:]) != raw.shape[:2]:
+            raise DataError(
+                f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but its mask {mask_path} is "
+                f"{raw.shape[1]}x{raw.shape[0]}; resize the mask to the image (nearest neighbour) or fix the pairing"
+            )
+        target = self._build_target(raw, mask_path, index)
+        sample_image = tv_tensors.Image(image)
+        if self.transforms is None:
+            return sample_image, target
+        with sample_rng(self.seed, int(self._epoch), index):
+            return self.transforms(sample_image, target)
+
+    def _build_target(self, raw: Any, mask_path: Path, index: int) -> Any:
+        encoding = self.encoding
+        if self.target == "binary" and not encoding.mapped:
+            values = torch.from_numpy(raw.max(axis=2) if raw.ndim == 3 else raw)
+            values = values.to(torch.int64) if values.dtype in (torch.uint16, torch.uint32) else values
+            return binary_target(values, threshold=self.threshold, ignore_index=None)
+        ids = encoding.class_ids(raw, mask_path)
+        if self.target == "binary":
+            return binary_target(ids, threshold=self.threshold, ignore_index=encoding.ignore_index)
+        if self.target == "instance":
+            return instance_target(ids, index, mask_path, ignore_index=encoding.ignore_index, labels=self._labels)
+        encoding.check_classes(ids, mask_path)
+        return semantic_target(ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({len(self)} samples, images={str(self.images)!r}, masks={str(self.masks)!r}, "
+            f"target={self.target!r})"
+        )
+
+
+class ClassDict(NamedTuple):
+    """What :func:`read_class_dict` returns: the ``color_map`` and the class names in id order.
+
+    Example:
+        >>> color_map, names = ClassDict({(0, 0, 0): 0}, ["Void"])
+    """
+
+    color_map: dict[tuple[int, int, int], int]
+    names: list[str]
+
+
+def read_class_dict(
+    path: str | os.PathLike[str], *, ignore: str | tuple[str, ...] = (), ignore_index: int = 255
+) -> ClassDict:
+    """Read a CamVid-style ``class_dict.csv`` (header ``name,r,g,b``) into a ``color_map`` and names.
+
+    Class ids follow the row order; classes named in ``ignore`` map to ``ignore_index`` and take no id.
+
+    Args:
+        path: The CSV file.
+        ignore: Class name(s) to map to ``ignore_index`` (e.g. ``"Void"``).
+        ignore_index: The id given to ignored colours.
+
+    Raises:
+        DataError: a missing file, a header without ``name,r,g,b``, bad numbers or a repeated colour.
+
+    Example:
+        >>> color_map, names = read_class_dict("CamVid/class_dict.csv")  # doctest: +SKIP
+        >>> ds = SegmentationDataset("CamVid/train", "CamVid/train_labels", mask_suffix="_L",
+        ...                          color_map=color_map, num_classes=len(names))  # doctest: +SKIP
+    """
+    path = Path(path)
+    ignored = {ignore} if isinstance(ignore, str) else set(ignore)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as err:
+        raise DataError(f"cannot read class dict {path}: {err}") from err
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if not {"name", "r", "g", "b"} <= set(header):
+        raise DataError(f"{path}: the header must name columns name,r,g,b (any order), got {rows[0] if rows else []}")
+    col = {name: header.index(name) for name in ("name", "r", "g", "b")}
+    color_map: dict[tuple[int, int, int], int] = {}
+    names: list[str] = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            name = row[col["name"]].strip()
+            colour = (int(row[col["r"]]), int(row[col["g"]]), int(row[col["b"]]))
+        except (IndexError, ValueError) as err:
+            raise DataError(f"{path}, line {line}: expected name,r,g,b with integer colours, got {row}") from err
+        if not all(0 <= c <= 255 for c in colour) or colour in color_map:
+            problem = "repeats an earlier colour" if colour in color_map else "has a colour outside 0..255"
+            raise DataError(f"{path}, line {line}: {name!r} {problem} {colour}")
+        if name in ignored:
+            color_map[colour] = ignore_index
+        else:
+            color_map[colour] = len(names)
+            names.append(name)
+    unknown = ignored - set(row[col["name"]].strip() for row in rows[1:] if len(row) > col["name"])
+    if unknown:
+        raise DataError(f"{path}: `ignore` names {sorted(unknown)} are not classes in the file")
+    return ClassDict(color_map, names)
