@@ -211,9 +211,17 @@ def _shape_colour(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
 def _smooth_noise(rng: np.random.Generator, cells: int, height: int, width: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1], [H, W, 3]: a random ``cells`` x ``cells`` grid upsampled bilinearly."""
     grid = rng.uniform(-1, 1, size=(cells, cells, 3)).astype(np.float32)
-    gy, gx = np.linspace(0, cells - 1, height), np.linspace(0, cells - 1, width)
-    y0, x0 = np.minimum(gy.astype(int), cells - 2), np.minimum(gx.astype(int), cells - 2)
-    wy, wx = (gy - y0)[:, None, None], (gx - x0)[None, :, None]
-    top = grid[y0][:, x0] * (1 - wx) + grid[y0][:, x0 + 1] * wx
-    bottom = grid[y0 + 1][:, x0] * (1 - wx) + grid[y0 + 1][:, x0 + 1] * wx
-    return (top * (1 - wy) + bottom * wy).astype(np.float32)
+    # Bilinear upsampling is separable: one interpolation matrix per axis, applied in a single contraction.
+    rows, cols = _interpolation_matrix(height, cells), _interpolation_matrix(width, cells)
+    return np.einsum("hc,cdk,wd->hwk", rows, grid, cols, optimize=True)
+
+
+def _interpolation_matrix(size: int, cells: int) -> np.ndarray:
+    """``[size, cells]`` weights that linearly interpolate ``cells`` evenly spaced values at ``size`` points."""
+    position = np.linspace(0, cells - 1, size)
+    low = np.minimum(position.astype(int), cells - 2)
+    weight = (position - low).astype(np.float32)
+    matrix = np.zeros((size, cells), dtype=np.float32)
+    matrix[np.arange(size), low] = 1 - weight
+    matrix[np.arange(size), low + 1] = weight
+    return matrix
