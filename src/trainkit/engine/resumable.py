@@ -59,7 +59,11 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         if self._replay is None:
             return self._record_then_iterate()
-        state, skip = self._replay
+        return self._replay_then_iterate(*self._replay)
+
+    def _replay_then_iterate(self, state: dict[str, Any], skip: int) -> Iterator[list[int]]:
+        # Runs at the first next(), not at iter(): DataLoader's multi-worker iterator calls iter() on the batch
+        # sampler twice and keeps only the second iterator, so an eager replay would be spent on the discarded one.
         self._replay = None
         outer = torch.get_rng_state()
         if state:
@@ -70,7 +74,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
                 break
         torch.set_rng_state(outer)
         self.epoch_state = state or None
-        return iterator
+        yield from iterator
 
     def _record_then_iterate(self) -> Iterator[list[int]]:
         # Runs at the first next(): right before the wrapped sampler draws its permutation.
