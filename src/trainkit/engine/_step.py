@@ -117,7 +117,7 @@ class BatchFixer:
             return batch
         inputs, targets = batch
         inputs = self._fix_inputs(inputs)
-        targets = self._fix_targets(targets)
+        targets = self._fix_targets(targets, inputs)
         return type(batch)((inputs, targets)) if isinstance(batch, tuple) else [inputs, targets]
 
     def _fix_inputs(self, inputs: Any) -> Any:
@@ -137,9 +137,11 @@ class BatchFixer:
             return inputs.to(dtype)
         return inputs
 
-    def _fix_targets(self, targets: Any) -> Any:
+    def _fix_targets(self, targets: Any, inputs: Any) -> Any:
         if not self.class_targets or not isinstance(targets, torch.Tensor) or targets.dtype == torch.int64:
             return targets
+        if targets.is_floating_point() and _are_class_probabilities(targets, inputs):
+            return targets  # CrossEntropyLoss also takes [N, C(, H, W)] probabilities (one-hot, label smoothing, mixup)
         if targets.is_floating_point():
             if not torch.equal(targets, targets.round()):
                 raise TrainingError(
@@ -161,6 +163,13 @@ class BatchFixer:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _are_class_probabilities(targets: torch.Tensor, inputs: Any) -> bool:
+    """Class ids drop the inputs' channel dim ([N] for [N, F], [N, H, W] for [N, C, H, W]); probabilities keep it."""
+    return (
+        isinstance(inputs, torch.Tensor) and targets.ndim == inputs.ndim and targets.ndim >= 2 and targets.shape[1] > 1
+    )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
