@@ -429,3 +429,12 @@ def test_draws_do_not_depend_on_num_workers(tmp_path: Path) -> None:
         if epoch == 0:
             first = expected
     assert any(not torch.equal(a[1], b[1]) for a, b in zip(first, expected, strict=True))
+
+
+def test_public_names_of_trainkit_data() -> None:
+    import trainkit.data as data
+
+    for name in ("SegmentationDataset", "read_class_dict", "collate", "collate_instances", "check", "CheckReport"):
+        assert name in data.__all__ and callable(getattr(data, name))
+    assert data.set_epoch is set_epoch and data.sample_rng is sample_rng and data.PairingError is PairingError
+    assert callable(data.make_shapes) and callable(data.transforms.train_preset)

@@ -1,0 +1,33 @@
+"""Segmentation data: folders of images and masks as correct tensors, joint transforms, collate, checks.
+
+Example:
+    >>> import trainkit
+    >>> ds = trainkit.data.SegmentationDataset("images", "masks", target="semantic")  # doctest: +SKIP
+    >>> loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=trainkit.data.collate)  # doctest: +SKIP
+"""
+
+from trainkit.data import transforms
+from trainkit.data._seeding import sample_rng, set_epoch
+from trainkit.data.check import CheckReport, check
+from trainkit.data.collate import collate, collate_instances
+from trainkit.data.dataset import ClassDict, SegmentationDataset, read_class_dict
+from trainkit.data.synthetic import make_shapes
+from trainkit.errors import DataError, DecodeError, MaskValueError, PairingError
+
+__all__ = [
+    "CheckReport",
+    "ClassDict",
+    "DataError",
+    "DecodeError",
+    "MaskValueError",
+    "PairingError",
+    "SegmentationDataset",
+    "check",
+    "collate",
+    "collate_instances",
+    "make_shapes",
+    "read_class_dict",
+    "sample_rng",
+    "set_epoch",
+    "transforms",
+]
