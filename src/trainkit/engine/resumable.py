@@ -52,6 +52,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
         """
         self._replay = (epoch_state or {}, int(skip))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Forward ``set_epoch`` to the wrapped sampler (a ``DistributedSampler`` reshuffles per epoch).
+
+        Example:
+            >>> from torch.utils.data import BatchSampler, SequentialSampler
+            >>> ResumableBatchSampler(BatchSampler(SequentialSampler(range(4)), 2, False)).set_epoch(1)
+        """
+        for obj in (self.batch_sampler, getattr(self.batch_sampler, "sampler", None)):
+            if callable(getattr(obj, "set_epoch", None)):
+                obj.set_epoch(epoch)
+                return
+
     def __len__(self) -> int:
         skip = self._replay[1] if self._replay is not None else 0
         return max(0, len(self.batch_sampler) - skip)
