@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainkit.engine._prefetch import device_batches
 from trainkit.engine._step import (
     BatchFixer,
     StepFn,
@@ -164,14 +165,8 @@ def train_one_epoch(
     model.train()
     bar.start_batches(total, desc=f"train {state.epoch + 1}", initial=state.batch_idx)
     try:
-        for batch in loader:
+        for n, batch in device_batches(loader, device, fixer=fixer, transform=batch_transform):
             i = state.batch_idx
-            n = batch_size_of(batch)
-            if fixer is not None:
-                batch = fixer(batch)
-            batch = move_to_device(batch, device)
-            if batch_transform is not None:
-                batch = batch_transform(batch)
             group_start = i - i % grad_accum
             group_len = grad_accum if total is None else min(grad_accum, total - group_start)
             steps_now = i + 1 - group_start >= group_len
@@ -264,13 +259,8 @@ def evaluate(
     bar.start_batches(_len_or_none(loader), desc="eval")
     try:
         with torch.inference_mode():
-            for i, batch in enumerate(loader):
-                n = batch_size_of(batch)
-                if fixer is not None:
-                    batch = fixer(batch)
-                batch = move_to_device(batch, device)
-                if batch_transform is not None:
-                    batch = batch_transform(batch)
+            batches = device_batches(loader, device, fixer=fixer, transform=batch_transform)
+            for i, (n, batch) in enumerate(batches):
                 with explain_errors(batch_size=n, where=f"evaluation (batch {i})"), precision.autocast():
                     out = as_step_output(step(batch))
                 if out.loss is not None:

@@ -94,8 +94,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
         yield from self.batch_sampler
 
 
-def rebuild_loader(loader: Any, *, sampler: Sampler[Any] | None = None) -> DataLoader[Any] | None:
+def rebuild_loader(
+    loader: Any, *, sampler: Sampler[Any] | None = None, pin_memory: bool = False
+) -> DataLoader[Any] | None:
     """A copy of ``loader`` with a :class:`ResumableBatchSampler` (and optionally another sampler).
+
+    ``pin_memory=True`` turns on pinned host memory (the Trainer asks for it on CUDA, where it
+    makes the non-blocking host-to-device copies asynchronous); it never turns it off.
 
     Returns ``None`` when the loader cannot be rebuilt (not a ``DataLoader``, an
     ``IterableDataset``, or no batch sampler because automatic batching is off).
@@ -107,7 +112,7 @@ def rebuild_loader(loader: Any, *, sampler: Sampler[Any] | None = None) -> DataL
     """
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         return None
-    if isinstance(loader.batch_sampler, ResumableBatchSampler) and sampler is None:
+    if isinstance(loader.batch_sampler, ResumableBatchSampler) and sampler is None and loader.pin_memory >= pin_memory:
         return loader
     inner = loader.batch_sampler
     if inner is None:
@@ -124,7 +129,7 @@ def rebuild_loader(loader: Any, *, sampler: Sampler[Any] | None = None) -> DataL
         "batch_sampler": ResumableBatchSampler(inner),
         "num_workers": loader.num_workers,
         "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
+        "pin_memory": loader.pin_memory or pin_memory,
         "timeout": loader.timeout,
         "worker_init_fn": loader.worker_init_fn,
         "multiprocessing_context": loader.multiprocessing_context,

@@ -518,7 +518,7 @@ class Trainer:
 
     def _prepare_train_loader(self, loader: Iterable[Any]) -> Iterable[Any]:
         sampler = self.dist.train_sampler(loader, seed=self.seed or 0) if hasattr(loader, "dataset") else None
-        rebuilt = rebuild_loader(loader, sampler=sampler)
+        rebuilt = rebuild_loader(loader, sampler=sampler, pin_memory=self.device.type == "cuda")
         if rebuilt is None:
             if self.dist.enabled:
                 warnings.warn(
@@ -533,7 +533,7 @@ class Trainer:
         if loader is None or not self.dist.enabled or not hasattr(loader, "dataset"):
             return loader
         sampler = self.dist.eval_sampler(loader)
-        return rebuild_loader(loader, sampler=sampler) or loader
+        return rebuild_loader(loader, sampler=sampler, pin_memory=self.device.type == "cuda") or loader
 
     def _plot_curves(self) -> None:
         if self.run_dir is None or not self.dist.is_main or not self.history:
