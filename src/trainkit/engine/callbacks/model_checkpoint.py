@@ -34,7 +34,8 @@ class ModelCheckpoint(Callback):
         dirpath: folder for the files (default ``<run_dir>/checkpoints``); relative paths are taken
             inside ``run_dir``, so nothing is written outside the run directory.
         monitor: history key for ``best.pt`` (``"val/loss"`` by default; ``"train/loss"`` is used when
-            there is no validation loader and the default is kept).
+            the default is kept and the run logs no ``val/loss``: no validation loader, or a validation
+            step that returns no loss).
         mode: ``"min"`` or ``"max"``.
         save_last: write ``last.pt``.
         save_best: write ``best.pt``.
@@ -104,6 +105,8 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         """``last.pt`` every epoch; ``best.pt`` when the monitored value improves."""
         if self.save_best:
+            if not self._monitor_given and self.monitor not in logs:
+                self.monitor = "train/loss"  # the default val/loss needs a validation step that returns a loss
             value = monitored_value(logs, self.monitor, "ModelCheckpoint")
             if is_improvement(value, self.best, self.mode):
                 self.best = value

@@ -1,0 +1,250 @@
+"""The ``trainkit`` command: ``demo``, ``train``, ``predict``, ``check``, ``synth``, ``summary``.
+
+Bad arguments print one line and exit with status 2; a data or checkpoint problem prints one
+line (never a traceback) and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+__all__ = ["build_parser", "main"]
+
+_EXAMPLES = {
+    "demo": "example: trainkit demo --run-dir runs/demo --epochs 12",
+    "train": "example: trainkit train --images PennFudanPed/PNGImages --masks PennFudanPed/PedMasks "
+    "--mask-suffix _mask --target binary --size 256 --epochs 30",
+    "predict": "example: trainkit predict --checkpoint runs/train/checkpoints/best.pt --images photos --out masks",
+    "check": "example: trainkit check --images data/train --masks data/train_masks --mask-suffix _mask --num-classes 2",
+    "synth": "example: trainkit synth data/shapes --n 200 --size 64",
+    "summary": "example: trainkit summary runs/demo/checkpoints/best.pt",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (plus where to get help), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW with positive numbers, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _amp(text: str) -> str | bool:
+    if text in ("off", "false", "no", "fp32"):
+        return False
+    if text not in ("auto", "fp16", "bf16"):
+        raise argparse.ArgumentTypeError(f"--amp must be auto, fp16, bf16 or off, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``trainkit`` command.
+
+    Example:
+        >>> build_parser().parse_args(["synth", "out", "--n", "4"]).n
+        4
+    """
+    parser = _Parser(prog="trainkit", description="Segmentation training for PyTorch.",
+                     epilog="Run `trainkit demo` first: it trains a UNet on synthetic shapes offline.")  # fmt: skip
+    from trainkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"trainkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=_EXAMPLES[name],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+
+    demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, ~2 minutes on 2 CPU cores)")
+    demo.add_argument("--run-dir", default="runs/demo", help="where data, checkpoints, metrics and plots go")
+    demo.add_argument("--epochs", type=_positive_int, default=12, help="training epochs")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    demo.add_argument("--n", type=_positive_int, default=480, help="number of synthetic images")
+    demo.add_argument("--size", type=_positive_int, default=64, help="image size in pixels")
+    demo.add_argument("--no-progress", action="store_true", help="one line an epoch instead of progress bars")
+
+    train = command("train", "train the UNet recipe on your own folders of images and masks")
+    train.add_argument("--images", required=True, help="folder of images")
+    train.add_argument("--masks", required=True, help="folder of masks")
+    train.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
+    train.add_argument("--target", choices=("semantic", "binary"), default="semantic", help="mask meaning")
+    train.add_argument("--num-classes", type=_positive_int, help="classes incl. background (semantic)")
+    train.add_argument("--color-map", help="class_dict.csv (name,r,g,b) for colour-coded masks")
+    train.add_argument("--val-split", type=float, default=0.2, help="fraction held out for validation")
+    train.add_argument("--size", type=_size, default=(256, 256), help="training size N or HxW")
+    train.add_argument("--epochs", type=_positive_int, default=20)
+    train.add_argument("--batch-size", type=_positive_int, default=8)
+    train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (one-cycle)")
+    train.add_argument("--amp", type=_amp, default="auto", help="auto, fp16, bf16 or off")
+    train.add_argument("--run-dir", default="runs/train")
+    train.add_argument("--resume", help="checkpoint path, or 'last' for <run-dir>/checkpoints/last.pt")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--base-channels", type=_positive_int, default=32, help="UNet width")
+    train.add_argument("--depth", type=_positive_int, default=4, help="UNet down-sampling steps")
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-progress", action="store_true")
+
+    predict = command("predict", "write one palette mask PNG per image with a trained checkpoint")
+    predict.add_argument("--checkpoint", required=True, help="a checkpoint from `trainkit train` or `demo`")
+    predict.add_argument("--images", required=True, help="folder of images")
+    predict.add_argument("--out", required=True, help="output folder (created)")
+    predict.add_argument("--overlays", action="store_true", help="also write <stem>_overlay.png")
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--batch-size", type=_positive_int, default=8)
+
+    check = command("check", "validate a dataset folder without training; exit status 1 on errors")
+    check.add_argument("--images", required=True)
+    check.add_argument("--masks", required=True)
+    check.add_argument("--mask-suffix", default="")
+    check.add_argument("--num-classes", type=_positive_int)
+    check.add_argument("--color-map", help="class_dict.csv for colour-coded masks")
+    check.add_argument("--channels", type=_positive_int, default=3)
+    check.add_argument("--recursive", action="store_true")
+
+    synth = command("synth", "write the synthetic shapes dataset (Penn-Fudan layout)")
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--n", type=_positive_int, default=200)
+    synth.add_argument("--size", type=_positive_int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+
+    summary = command("summary", "print the layer table of a checkpoint's model")
+    summary.add_argument("checkpoint", help="a checkpoint from `trainkit train` or `demo`")
+    summary.add_argument("--depth", type=_positive_int, default=3, help="module nesting depth shown")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``trainkit`` command; return the exit status.
+
+    Example:
+        >>> main(["synth", "/tmp/shapes_doc", "--n", "2", "--size", "16"])  # doctest: +SKIP
+        0
+    """
+    args = build_parser().parse_args(argv)
+    from trainkit.errors import TrainkitError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except (TrainkitError, ValueError, FileNotFoundError) as err:
+        print(f"trainkit {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"trainkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from trainkit.cli.demo import run_demo
+
+    result = run_demo(args.run_dir, epochs=args.epochs, device=args.device, n=args.n, size=args.size,
+                      progress=not args.no_progress)  # fmt: skip
+    print(
+        f"demo: val mIoU {result['miou']:.3f} after {result['epochs']} epochs in {result['seconds']:.0f} s; "
+        f"outputs in {result['run_dir']}: checkpoints/best.pt, checkpoints/last.pt, metrics.csv, curves.png, "
+        "predictions.png"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainkit.cli.recipe import Recipe, train_recipe
+
+    if args.target == "semantic" and args.num_classes is None and args.color_map is None:
+        print("trainkit train: error: --num-classes is required for --target semantic (or give --color-map)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    recipe = Recipe(
+        images=args.images, masks=args.masks, mask_suffix=args.mask_suffix, target=args.target,
+        num_classes=args.num_classes, color_map=args.color_map, val_split=args.val_split, size=args.size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, amp=args.amp, run_dir=args.run_dir,
+        resume=args.resume, device=args.device, base_channels=args.base_channels, depth=args.depth,
+        num_workers=args.workers, seed=args.seed, progress=not args.no_progress,
+    )  # fmt: skip
+    _, history, _ = train_recipe(recipe)
+    last = history[-1] if history else {}
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train/loss", "val/")))
+    print(f"train: {len(history)} epochs; {shown}; checkpoints in {args.run_dir}/checkpoints")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from trainkit.cli.predict import predict_folder
+
+    written = predict_folder(args.checkpoint, args.images, args.out, device=args.device, overlays=args.overlays,
+                             batch_size=args.batch_size)  # fmt: skip
+    print(f"predict: wrote {len(written)} masks to {args.out}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from trainkit.data import check, read_class_dict
+
+    color_map = read_class_dict(args.color_map)[0] if args.color_map else None
+    report = check(images=args.images, masks=args.masks, mask_suffix=args.mask_suffix, num_classes=args.num_classes,
+                   color_map=color_map, channels=args.channels, recursive=args.recursive)  # fmt: skip
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from trainkit.data import make_shapes
+
+    root = make_shapes(args.out, n=args.n, size=args.size, seed=args.seed, exist_ok=True)
+    print(f"synth: wrote {args.n} images to {root} (PNGImages/, PedMasks/, SemanticMasks/, instances/, classes.json)")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from trainkit.cli.recipe import load_recipe_model
+    from trainkit.utils.summary import summary
+
+    model, settings = load_recipe_model(args.checkpoint)
+    size = settings["data"]["size"]
+    summary(model, (settings["model"].get("in_channels", 3), *size), depth=args.depth, verbose=1)
+    return 0
+
+
+_COMMANDS: dict[str, Any] = {
+    "demo": _demo,
+    "train": _train,
+    "predict": _predict,
+    "check": _check,
+    "synth": _synth,
+    "summary": _summary,
+}

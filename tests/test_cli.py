@@ -1,0 +1,173 @@
+"""The `trainkit` command end to end, each command in a subprocess on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainkit.cli import main
+
+COMMANDS = ("demo", "train", "predict", "check", "synth", "summary")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "trainkit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=240
+    )
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "shapes"
+    result = run("synth", str(root), "--n", "12", "--size", "32", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(shapes: Path) -> Path:
+    run_dir = shapes.parent / "run"
+    result = run(
+        "train", "--images", str(shapes / "PNGImages"), "--masks", str(shapes / "SemanticMasks"),
+        "--mask-suffix", "_mask", "--num-classes", "4", "--size", "32", "--epochs", "1", "--batch-size", "4",
+        "--base-channels", "4", "--depth", "2", "--run-dir", str(run_dir), "--device", "cpu", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "train: 1 epochs" in result.stdout
+    return run_dir
+
+
+def test_synth_writes_the_penn_fudan_layout(shapes: Path) -> None:
+    assert len(list((shapes / "PNGImages").glob("*.png"))) == 12
+    assert len(list((shapes / "PedMasks").glob("*_mask.png"))) == 12
+    assert Image.open(next((shapes / "PedMasks").glob("*.png"))).mode == "P"
+
+
+def test_train_writes_checkpoints_and_metrics(trained: Path) -> None:
+    assert (trained / "checkpoints" / "best.pt").is_file()
+    assert (trained / "checkpoints" / "last.pt").is_file()
+    rows = list(csv.DictReader((trained / "metrics.csv").read_text().splitlines()))
+    assert [r["epoch"] for r in rows] == ["1"]
+    assert 0.0 <= float(rows[0]["val/miou"]) <= 1.0
+
+
+def test_train_resume_last_continues_to_more_epochs(trained: Path, shapes: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(trained, run_dir)
+    result = run(
+        "train", "--images", str(shapes / "PNGImages"), "--masks", str(shapes / "SemanticMasks"),
+        "--mask-suffix", "_mask", "--num-classes", "4", "--size", "32", "--epochs", "2", "--batch-size", "4",
+        "--base-channels", "4", "--depth", "2", "--run-dir", str(run_dir), "--device", "cpu", "--no-progress",
+        "--resume", "last",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout
+    rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_predict_writes_one_palette_mask_per_image_with_the_same_stem(trained: Path, tmp_path: Path) -> None:
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a1": (40, 30), "a2": (32, 32), "a10": (20, 50)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{name}.png")
+    out = tmp_path / "out"
+    result = run("predict", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--images", str(images),
+                 "--out", str(out), "--device", "cpu", "--overlays")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 masks" in result.stdout
+    for name, (h, w) in {"a1": (40, 30), "a2": (32, 32), "a10": (20, 50)}.items():
+        mask = Image.open(out / f"{name}.png")
+        assert mask.mode == "P" and mask.size == (w, h)  # the image's own size, so it lines up
+        assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 1, 2, 3}
+        assert (out / f"{name}_overlay.png").is_file()
+
+
+def test_summary_prints_the_layer_table(trained: Path) -> None:
+    result = run("summary", str(trained / "checkpoints" / "best.pt"))
+    assert result.returncode == 0, result.stderr
+    assert "UNet" in result.stdout and "Total params" in result.stdout
+
+
+def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path) -> None:
+    good = run("check", "--images", str(shapes / "PNGImages"), "--masks", str(shapes / "SemanticMasks"),
+               "--mask-suffix", "_mask", "--num-classes", "4")  # fmt: skip
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad = tmp_path / "bad"
+    import shutil
+
+    shutil.copytree(shapes, bad)
+    (bad / "PNGImages" / "shape_000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (bad / "SemanticMasks" / "shape_001_mask.png").unlink()
+    result = run("check", "--images", str(bad / "PNGImages"), "--masks", str(bad / "SemanticMasks"),
+                 "--mask-suffix", "_mask", "--num-classes", "2")  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "shape_000.png" in result.stdout and "shape_001" in result.stdout
+
+
+def test_demo_runs_offline_and_leaves_its_outputs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "demo"
+    result = run("demo", "--run-dir", str(run_dir), "--epochs", "1", "--n", "16", "--size", "32", "--device", "cpu",
+                 "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "demo: val mIoU" in result.stdout
+    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv", "curves.png", "predictions.png"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("trainkit")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "example: trainkit " + command in capsys.readouterr().out.replace("\n", " ")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--images", "x"], "--masks"),
+        (["demo", "--epochs", "0"], "positive integer"),
+        (["train", "--images", "a", "--masks", "b", "--size", "big"], "size must be"),
+        (["train", "--images", "a", "--masks", "b", "--amp", "fp8"], "--amp"),
+        (["frobnicate"], "invalid choice"),
+        (["train", "--images", "a", "--masks", "b"], "--num-classes is required"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line_and_status_2(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        status = main(args)
+    except SystemExit as exit_info:
+        status = exit_info.code
+    assert status == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert expected in lines[0]
+
+
+def test_missing_folder_is_one_line_and_status_1(tmp_path: Path) -> None:
+    result = run("check", "--images", str(tmp_path / "nope"), "--masks", str(tmp_path / "nope2"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "nope" in result.stderr or "nope" in result.stdout
