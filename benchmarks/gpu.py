@@ -41,9 +41,18 @@ def make_loader(n: int, size: int, batch_size: int, cuda: bool) -> DataLoader:
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     centres = torch.randint(size // 4, 3 * size // 4, (n, 2), generator=g)
-    masks = (((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2) < (size // 5) ** 2).long()
-    return DataLoader(TensorDataset(images, masks), batch_size=batch_size, shuffle=True, drop_last=True,
-                      pin_memory=cuda, num_workers=2 if cuda else 0, persistent_workers=cuda)  # fmt: skip
+    masks = (
+        ((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2) < (size // 5) ** 2
+    ).long()
+    return DataLoader(
+        TensorDataset(images, masks),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        pin_memory=cuda,
+        num_workers=2 if cuda else 0,
+        persistent_workers=cuda,
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -89,10 +98,18 @@ def run_trainkit(args, device, amp, channels_last=False, compile_model=False, co
     loader = make_loader(total * args.batch_size, args.size, args.batch_size, device.type == "cuda")
     timer = Timer(args.warmup, total, device, count_syncs and device.type == "cuda")
     trainer = trainkit.Trainer(
-        model, opt, DiceCELoss(), metrics={"miou": MeanIoU(num_classes=2)}, amp=amp, device=device,
-        channels_last=channels_last, compile=compile_model, progress=False, callbacks=[timer],
+        model,
+        opt,
+        DiceCELoss(),
+        metrics={"miou": MeanIoU(num_classes=2)},
+        amp=amp,
+        device=device,
+        channels_last=channels_last,
+        compile=compile_model,
+        progress=False,
+        callbacks=[timer],
         batch_transform=BatchNormalize(),
-    )  # fmt: skip
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     import contextlib
@@ -157,22 +174,29 @@ def main() -> None:
         args.no_compile = True
         name = "CPU (smoke run)"
     print(f"device: {name}; torch {torch.__version__}; trainkit {trainkit.__version__}")
-    print(f"UNet(3, 2, base_channels={args.base_channels}, depth={args.depth}), {args.size}x{args.size}, "
-          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up")  # fmt: skip
+    print(
+        f"UNet(3, 2, base_channels={args.base_channels}, depth={args.depth}), {args.size}x{args.size}, "
+        f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up"
+    )
     results: dict[str, Any] = {"device": name, "torch": torch.__version__, "config": vars(args).copy()}
 
     configs = [("fp32", False, False), ("bf16", False, False), ("bf16", True, False)]
     configs += [("fp16", False, False), ("fp16", True, False)] if cuda else []
     if not args.no_compile and not args.quick:
         configs.append(("bf16", True, True))
-    print(f"\n{'precision':<10}{'channels_last':>14}{'compile':>9}{'images/s':>11}{'step ms':>9}{'peak GiB':>10}"
-          f"{'syncs/step':>12}")  # fmt: skip
+    print(
+        f"\n{'precision':<10}{'channels_last':>14}{'compile':>9}{'images/s':>11}{'step ms':>9}{'peak GiB':>10}"
+        f"{'syncs/step':>12}"
+    )
     rows = []
     for amp, cl, comp in configs:
         r = run_trainkit(args, device, amp if amp != "fp32" else False, cl, comp, count_syncs=True)
         rows.append({"precision": amp, "channels_last": cl, "compile": comp, **r})
-        print(f"{amp:<10}{cl!s:>14}{comp!s:>9}{r['images_per_s']:>11.1f}{r['step_ms']:>9.2f}"
-              f"{r.get('peak_mem_gib', float('nan')):>10.2f}{r.get('syncs_per_step', float('nan')):>12.2f}", flush=True)
+        print(
+            f"{amp:<10}{cl!s:>14}{comp!s:>9}{r['images_per_s']:>11.1f}{r['step_ms']:>9.2f}"
+            f"{r.get('peak_mem_gib', float('nan')):>10.2f}{r.get('syncs_per_step', float('nan')):>12.2f}",
+            flush=True,
+        )
     results["trainkit"] = rows
 
     print("\ntrainkit vs hand-written loop (bf16, interleaved, median step time)")
@@ -181,8 +205,10 @@ def main() -> None:
         hand.append(run_hand_loop(args, device, torch.bfloat16)["step_ms"])
         tk.append(run_trainkit(args, device, "bf16")["step_ms"])
     ratio = statistics.median(tk) / statistics.median(hand)
-    print(f"hand-written {statistics.median(hand):.2f} ms/step, trainkit {statistics.median(tk):.2f} ms/step, "
-          f"ratio {ratio:.3f}")  # fmt: skip
+    print(
+        f"hand-written {statistics.median(hand):.2f} ms/step, trainkit {statistics.median(tk):.2f} ms/step, "
+        f"ratio {ratio:.3f}"
+    )
     results["overhead"] = {"hand_ms": hand, "trainkit_ms": tk, "ratio": ratio}
     if args.json:
         with open(args.json, "w") as handle:

@@ -36,10 +36,31 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(shapes: Path) -> Path:
     run_dir = shapes.parent / "run"
     result = run(
-        "train", "--images", str(shapes / "PNGImages"), "--masks", str(shapes / "SemanticMasks"),
-        "--mask-suffix", "_mask", "--num-classes", "4", "--size", "32", "--epochs", "1", "--batch-size", "4",
-        "--base-channels", "4", "--depth", "2", "--run-dir", str(run_dir), "--device", "cpu", "--no-progress",
-    )  # fmt: skip
+        "train",
+        "--images",
+        str(shapes / "PNGImages"),
+        "--masks",
+        str(shapes / "SemanticMasks"),
+        "--mask-suffix",
+        "_mask",
+        "--num-classes",
+        "4",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert "train: 1 epochs" in result.stdout
     return run_dir
@@ -65,11 +86,33 @@ def test_train_resume_last_continues_to_more_epochs(trained: Path, shapes: Path,
 
     shutil.copytree(trained, run_dir)
     result = run(
-        "train", "--images", str(shapes / "PNGImages"), "--masks", str(shapes / "SemanticMasks"),
-        "--mask-suffix", "_mask", "--num-classes", "4", "--size", "32", "--epochs", "2", "--batch-size", "4",
-        "--base-channels", "4", "--depth", "2", "--run-dir", str(run_dir), "--device", "cpu", "--no-progress",
-        "--resume", "last",
-    )  # fmt: skip
+        "train",
+        "--images",
+        str(shapes / "PNGImages"),
+        "--masks",
+        str(shapes / "SemanticMasks"),
+        "--mask-suffix",
+        "_mask",
+        "--num-classes",
+        "4",
+        "--size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--resume",
+        "last",
+    )
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
     rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
@@ -83,8 +126,18 @@ def test_predict_writes_one_palette_mask_per_image_with_the_same_stem(trained: P
     for name, (h, w) in {"a1": (40, 30), "a2": (32, 32), "a10": (20, 50)}.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{name}.png")
     out = tmp_path / "out"
-    result = run("predict", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--images", str(images),
-                 "--out", str(out), "--device", "cpu", "--overlays")  # fmt: skip
+    result = run(
+        "predict",
+        "--checkpoint",
+        str(trained / "checkpoints" / "best.pt"),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--overlays",
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 3 masks" in result.stdout
     for name, (h, w) in {"a1": (40, 30), "a2": (32, 32), "a10": (20, 50)}.items():
@@ -101,8 +154,17 @@ def test_summary_prints_the_layer_table(trained: Path) -> None:
 
 
 def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path) -> None:
-    good = run("check", "--images", str(shapes / "PNGImages"), "--masks", str(shapes / "SemanticMasks"),
-               "--mask-suffix", "_mask", "--num-classes", "4")  # fmt: skip
+    good = run(
+        "check",
+        "--images",
+        str(shapes / "PNGImages"),
+        "--masks",
+        str(shapes / "SemanticMasks"),
+        "--mask-suffix",
+        "_mask",
+        "--num-classes",
+        "4",
+    )
     assert good.returncode == 0, good.stdout + good.stderr
     bad = tmp_path / "bad"
     import shutil
@@ -110,8 +172,17 @@ def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path
     shutil.copytree(shapes, bad)
     (bad / "PNGImages" / "shape_000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (bad / "SemanticMasks" / "shape_001_mask.png").unlink()
-    result = run("check", "--images", str(bad / "PNGImages"), "--masks", str(bad / "SemanticMasks"),
-                 "--mask-suffix", "_mask", "--num-classes", "2")  # fmt: skip
+    result = run(
+        "check",
+        "--images",
+        str(bad / "PNGImages"),
+        "--masks",
+        str(bad / "SemanticMasks"),
+        "--mask-suffix",
+        "_mask",
+        "--num-classes",
+        "2",
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert "shape_000.png" in result.stdout and "shape_001" in result.stdout
@@ -119,8 +190,20 @@ def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path
 
 def test_demo_runs_offline_and_leaves_its_outputs(tmp_path: Path) -> None:
     run_dir = tmp_path / "demo"
-    result = run("demo", "--run-dir", str(run_dir), "--epochs", "1", "--n", "16", "--size", "32", "--device", "cpu",
-                 "--no-progress")  # fmt: skip
+    result = run(
+        "demo",
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "1",
+        "--n",
+        "16",
+        "--size",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert "demo: val mIoU" in result.stdout
     for name in ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv", "curves.png", "predictions.png"):

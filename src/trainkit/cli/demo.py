@@ -32,6 +32,7 @@ def run_demo(
     depth: int = 3,
     lr: float = 1e-2,
     progress: bool = True,
+    extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Train the demo UNet on synthetic shapes and write its outputs to ``run_dir``.
 
@@ -49,11 +50,26 @@ def run_demo(
     run_dir = Path(run_dir)
     data = make_shapes(run_dir / "data", n=n, size=size, seed=0, exist_ok=True)
     recipe = Recipe(
-        images=str(data / "PNGImages"), masks=str(data / "SemanticMasks"), mask_suffix="_mask",
-        num_classes=len(DEMO_CLASSES), class_names=list(DEMO_CLASSES), val_split=0.2, size=(size, size),
-        epochs=epochs, batch_size=batch_size, lr=lr, amp="auto", run_dir=str(run_dir), device=device,
-        base_channels=base_channels, depth=depth, seed=0, progress=progress,
-    )  # fmt: skip
+        images=str(data / "PNGImages"),
+        masks=str(data / "SemanticMasks"),
+        mask_suffix="_mask",
+        num_classes=len(DEMO_CLASSES),
+        class_names=list(DEMO_CLASSES),
+        val_split=0.2,
+        size=(size, size),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        amp="auto",
+        run_dir=str(run_dir),
+        device=device,
+        base_channels=base_channels,
+        depth=depth,
+        seed=0,
+        progress=progress,
+        scale=(0.75, 1.33),
+        callbacks=list(extra_callbacks or []),
+    )
     trainer, history, settings = train_recipe(recipe)
     best = run_dir / "checkpoints" / "best.pt"
     model, _ = load_recipe_model(best, device=trainer.device)

@@ -78,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args(["synth", "out", "--n", "4"]).n
         4
     """
-    parser = _Parser(prog="trainkit", description="Segmentation training for PyTorch.",
-                     epilog="Run `trainkit demo` first: it trains a UNet on synthetic shapes offline.")  # fmt: skip
+    parser = _Parser(
+        prog="trainkit",
+        description="Segmentation training for PyTorch.",
+        epilog="Run `trainkit demo` first: it trains a UNet on synthetic shapes offline.",
+    )
     from trainkit import __version__
 
     parser.add_argument("--version", action="version", version=f"trainkit {__version__}")
@@ -87,8 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=_EXAMPLES[name],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_EXAMPLES[name],
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
 
     demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, ~2 minutes on 2 CPU cores)")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, checkpoints, metrics and plots go")
@@ -172,8 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from trainkit.cli.demo import run_demo
 
-    result = run_demo(args.run_dir, epochs=args.epochs, device=args.device, n=args.n, size=args.size,
-                      progress=not args.no_progress)  # fmt: skip
+    result = run_demo(
+        args.run_dir, epochs=args.epochs, device=args.device, n=args.n, size=args.size, progress=not args.no_progress
+    )
     print(
         f"demo: val mIoU {result['miou']:.3f} after {result['epochs']} epochs in {result['seconds']:.0f} s; "
         f"outputs in {result['run_dir']}: checkpoints/best.pt, checkpoints/last.pt, metrics.csv, curves.png, "
@@ -186,16 +195,33 @@ def _train(args: argparse.Namespace) -> int:
     from trainkit.cli.recipe import Recipe, train_recipe
 
     if args.target == "semantic" and args.num_classes is None and args.color_map is None:
-        print("trainkit train: error: --num-classes is required for --target semantic (or give --color-map)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "trainkit train: error: --num-classes is required for --target semantic (or give --color-map)",
+            file=sys.stderr,
+        )
         return 2
     recipe = Recipe(
-        images=args.images, masks=args.masks, mask_suffix=args.mask_suffix, target=args.target,
-        num_classes=args.num_classes, color_map=args.color_map, val_split=args.val_split, size=args.size,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, amp=args.amp, run_dir=args.run_dir,
-        resume=args.resume, device=args.device, base_channels=args.base_channels, depth=args.depth,
-        num_workers=args.workers, seed=args.seed, progress=not args.no_progress,
-    )  # fmt: skip
+        images=args.images,
+        masks=args.masks,
+        mask_suffix=args.mask_suffix,
+        target=args.target,
+        num_classes=args.num_classes,
+        color_map=args.color_map,
+        val_split=args.val_split,
+        size=args.size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        amp=args.amp,
+        run_dir=args.run_dir,
+        resume=args.resume,
+        device=args.device,
+        base_channels=args.base_channels,
+        depth=args.depth,
+        num_workers=args.workers,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     _, history, _ = train_recipe(recipe)
     last = history[-1] if history else {}
     shown = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train/loss", "val/")))
@@ -206,8 +232,9 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from trainkit.cli.predict import predict_folder
 
-    written = predict_folder(args.checkpoint, args.images, args.out, device=args.device, overlays=args.overlays,
-                             batch_size=args.batch_size)  # fmt: skip
+    written = predict_folder(
+        args.checkpoint, args.images, args.out, device=args.device, overlays=args.overlays, batch_size=args.batch_size
+    )
     print(f"predict: wrote {len(written)} masks to {args.out}")
     return 0
 
@@ -216,8 +243,15 @@ def _check(args: argparse.Namespace) -> int:
     from trainkit.data import check, read_class_dict
 
     color_map = read_class_dict(args.color_map)[0] if args.color_map else None
-    report = check(images=args.images, masks=args.masks, mask_suffix=args.mask_suffix, num_classes=args.num_classes,
-                   color_map=color_map, channels=args.channels, recursive=args.recursive)  # fmt: skip
+    report = check(
+        images=args.images,
+        masks=args.masks,
+        mask_suffix=args.mask_suffix,
+        num_classes=args.num_classes,
+        color_map=color_map,
+        channels=args.channels,
+        recursive=args.recursive,
+    )
     print(report)
     return 0 if report.ok else 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class Recipe:
     num_workers: int = 0
     seed: int = 0
     progress: bool = True
+    scale: tuple[float, float] = (0.5, 2.0)
+    callbacks: list[Any] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
 
 
@@ -110,42 +112,76 @@ def train_recipe(recipe: Recipe) -> tuple[Any, list[dict[str, float]], dict[str,
     if recipe.color_map:
         color_map, names = read_class_dict(recipe.color_map)
         class_names = class_names or list(names)
-    common = dict(mask_suffix=recipe.mask_suffix, target=recipe.target, num_classes=recipe.num_classes,
-                  color_map=color_map, seed=recipe.seed)  # fmt: skip
-    train_ds = SegmentationDataset(recipe.images, recipe.masks, transforms=train_preset(recipe.size, normalize=False),
-                                   **common)  # fmt: skip
-    val_ds = SegmentationDataset(recipe.images, recipe.masks, transforms=eval_preset(recipe.size, normalize=False),
-                                 **common)  # fmt: skip
+    common = dict(
+        mask_suffix=recipe.mask_suffix,
+        target=recipe.target,
+        num_classes=recipe.num_classes,
+        color_map=color_map,
+        seed=recipe.seed,
+    )
+    train_ds = SegmentationDataset(
+        recipe.images, recipe.masks, transforms=train_preset(recipe.size, scale=recipe.scale, normalize=False), **common
+    )
+    val_ds = SegmentationDataset(
+        recipe.images, recipe.masks, transforms=eval_preset(recipe.size, normalize=False), **common
+    )
     num_classes = _num_classes(recipe, color_map)
     train_idx, val_idx = split_indices(len(train_ds), recipe.val_split, recipe.seed)
-    loader_kwargs = dict(batch_size=recipe.batch_size, num_workers=recipe.num_workers, collate_fn=collate,
-                         pin_memory=torch.cuda.is_available(), persistent_workers=recipe.num_workers > 0)  # fmt: skip
-    train_loader = DataLoader(Subset(train_ds, train_idx), shuffle=True, drop_last=len(train_idx) > recipe.batch_size,
-                              **loader_kwargs)  # fmt: skip
+    loader_kwargs = dict(
+        batch_size=recipe.batch_size,
+        num_workers=recipe.num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=recipe.num_workers > 0,
+    )
+    train_loader = DataLoader(
+        Subset(train_ds, train_idx), shuffle=True, drop_last=len(train_idx) > recipe.batch_size, **loader_kwargs
+    )
     val_loader = DataLoader(Subset(val_ds, val_idx), **loader_kwargs) if val_idx else None
 
     torch.manual_seed(recipe.seed)
-    model_config = {"name": "UNet", "in_channels": 3, "out_channels": num_classes,
-                    "base_channels": recipe.base_channels, "depth": recipe.depth}  # fmt: skip
+    model_config = {
+        "name": "UNet",
+        "in_channels": 3,
+        "out_channels": num_classes,
+        "base_channels": recipe.base_channels,
+        "depth": recipe.depth,
+    }
     model = build_model(model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.epochs * max(1, len(train_loader))))
     monitor = "val/miou" if val_loader is not None else "train/loss"
     trainer = Trainer(
-        model, optimizer, DiceCELoss(ignore_index=255),
+        model,
+        optimizer,
+        DiceCELoss(ignore_index=255),
         metrics={"miou": MeanIoU(num_classes=num_classes, ignore_index=255)},
-        scheduler=scheduler, scheduler_interval="step", amp=recipe.amp, device=recipe.device,
-        run_dir=recipe.run_dir, seed=recipe.seed, progress=recipe.progress,
+        scheduler=scheduler,
+        scheduler_interval="step",
+        amp=recipe.amp,
+        device=recipe.device,
+        run_dir=recipe.run_dir,
+        seed=recipe.seed,
+        progress=recipe.progress,
         batch_transform=BatchNormalize(IMAGENET_MEAN, IMAGENET_STD),
-        callbacks=[_checkpoint(monitor), EarlyStopping(monitor, mode="max" if "miou" in monitor else "min",
-                                                       patience=max(5, recipe.epochs // 3))],
-    )  # fmt: skip
+        callbacks=[
+            _checkpoint(monitor),
+            EarlyStopping(monitor, mode="max" if "miou" in monitor else "min", patience=max(5, recipe.epochs // 3)),
+            *recipe.callbacks,
+        ],
+    )
     settings = {
         "model": model_config,
-        "data": {"size": list(recipe.size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                 "num_classes": num_classes, "target": recipe.target, "class_names": class_names},
-        "train": {k: v for k, v in asdict(recipe).items() if isinstance(v, (str, int, float, bool, type(None)))},
-    }  # fmt: skip
+        "data": {
+            "size": list(recipe.size),
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "num_classes": num_classes,
+            "target": recipe.target,
+            "class_names": class_names,
+        },
+        "train": {k: v for k, v in vars(recipe).items() if isinstance(v, (str, int, float, bool, type(None)))},
+    }
     trainer.extra_state["recipe"] = settings
     history = trainer.fit(train_loader, val_loader, epochs=recipe.epochs, resume=recipe.resume)
     trainer.val_loader = val_loader
