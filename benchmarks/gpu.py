@@ -210,6 +210,18 @@ def main() -> None:
         f"ratio {ratio:.3f}"
     )
     results["overhead"] = {"hand_ms": hand, "trainkit_ms": tk, "ratio": ratio}
+
+    print("\nnext-batch copy on a side stream (bf16, channels_last), median step time")
+    from trainkit.engine import _prefetch
+
+    on, off = [], []
+    for _ in range(args.repeats):
+        _prefetch.OVERLAP = False
+        off.append(run_trainkit(args, device, "bf16", channels_last=True)["step_ms"])
+        _prefetch.OVERLAP = True
+        on.append(run_trainkit(args, device, "bf16", channels_last=True)["step_ms"])
+    print(f"without overlap {statistics.median(off):.2f} ms/step, with overlap {statistics.median(on):.2f} ms/step")
+    results["prefetch"] = {"off_ms": off, "on_ms": on}
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -20,6 +20,9 @@ __all__ = ["device_batches"]
 
 _END = object()
 
+OVERLAP = True
+"""Copy the next batch on a side stream on CUDA (``benchmarks/gpu.py`` turns it off to measure the gain)."""
+
 
 def device_batches(
     loader: Iterable[Any],
@@ -37,7 +40,7 @@ def device_batches(
         >>> [n for n, _ in device_batches([torch.zeros(2, 3), torch.zeros(1, 3)], torch.device("cpu"))]
         [2, 1]
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or not OVERLAP:
         for batch in loader:
             n, moved = _to_device(batch, device, fixer, transform)
             yield n, moved
