@@ -51,7 +51,8 @@ def save_checkpoint(
     """Write ``state`` to ``path`` atomically: a temporary file, ``fsync``, then ``os.replace``.
 
     A crash, a kill or a full disk during the write leaves the previous file at ``path`` intact.
-    ``trainkit_format`` is added when missing.
+    ``trainkit_format`` is added when missing. Temporary files that a killed process left next to
+    ``path`` (``.<name>.tmp-<pid>``, pid no longer running) are removed after a successful write.
 
     Args:
         path: the destination; its folder is created.
@@ -84,6 +85,7 @@ def save_checkpoint(
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        _remove_stale_temps(path)
     except (OSError, RuntimeError) as err:
         tmp.unlink(missing_ok=True)
         # torch.save reports a failed write of its zip container as a RuntimeError whose context is the OSError.
@@ -228,6 +230,24 @@ def _strip_prefixes(state: Mapping[str, Any], own: Mapping[str, Any]) -> Mapping
 
 def _few(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>`` files of processes that no longer run (killed mid-write)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

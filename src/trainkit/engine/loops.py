@@ -191,6 +191,7 @@ def train_one_epoch(
                         precision.update()
                         if stepped and scheduler is not None:
                             scheduler.step()
+                            check_learning_rates(optimizer, f"after optimizer step {state.global_step + 1}")
                     state.global_step += 1
             if finite:
                 state.add_loss(loss, n)
@@ -201,6 +202,11 @@ def train_one_epoch(
             bar.advance(lambda: _running_values(state, on_nan))
     finally:
         bar.end_batches()
+    if state.batch_idx == 0:
+        raise ValueError(
+            f"the training loader yielded no batches in epoch {state.epoch + 1}; an iterator or generator is used up "
+            "after one pass: pass a `DataLoader` or a list, and check the dataset is not empty"
+        )
     raise_if_nonfinite(state)
     # A step that returns only the loss (e.g. a detection model's loss dict) leaves the metrics unfed.
     return {"loss": state.mean_loss(), **(compute_metrics(metrics) if state.metrics_updated else {})}
@@ -355,6 +361,26 @@ def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         else:
             results[name] = _to_float(value)
     return results
+
+
+def check_learning_rates(optimizer: torch.optim.Optimizer, when: str) -> None:
+    """Raise ``ValueError`` if a scheduler drove a learning rate below zero (or to NaN).
+
+    Reads the Python floats in ``optimizer.param_groups`` (no device synchronisation); tensor
+    learning rates are not inspected.
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> check_learning_rates(opt, "after epoch 1")
+    """
+    for i, group in enumerate(optimizer.param_groups):
+        lr = group.get("lr")
+        if isinstance(lr, (int, float)) and not lr >= 0:
+            raise ValueError(
+                f"the `scheduler` set the learning rate of param group {i} to {lr} {when}; a learning rate must be "
+                ">= 0: check the schedule (e.g. a `LambdaLR` factor that turns negative, or more steps than it was "
+                "built for)"
+            )
 
 
 def raise_if_nonfinite(state: LoopState) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,7 +29,8 @@ from trainkit.engine import checkpoint as ckpt_io
 from trainkit.engine._step import StepFn, StepOutput
 from trainkit.engine.callbacks import Callback, CallbackList, ModelCheckpoint
 from trainkit.engine.distributed import DistributedContext
-from trainkit.engine.loops import LoopState, default_step, evaluate, predict, train_one_epoch
+from trainkit.engine.interrupts import GracefulInterrupt, StopRequested, resume_hint
+from trainkit.engine.loops import LoopState, check_learning_rates, default_step, evaluate, predict, train_one_epoch
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
 from trainkit.engine.resumable import ResumableBatchSampler, rebuild_loader
@@ -155,6 +157,7 @@ class Trainer:
         self._train_loader: Any = None
         self._tb: TensorBoardLogger | None = None
         self._resume_loader_state: dict[str, Any] | None = None
+        self._interrupt = GracefulInterrupt(enabled=False)
         self.extra_state: dict[str, Any] = {}
 
     # -- steps a subclass may override -------------------------------------------------------
@@ -210,6 +213,29 @@ class Trainer:
         Returns:
             ``history``: one dict of floats an epoch.
 
+        Raises:
+            KeyboardInterrupt: after Ctrl-C (SIGINT), once ``last.pt`` is written (see the note).
+            SystemExit: ``SystemExit(143)`` after SIGTERM, once ``last.pt`` is written.
+
+        Note:
+            **Resume.** A run killed at any point continues from its last checkpoint (``resume="last"`` or
+            a path) and ends with bitwise the same weights and history as a run never interrupted (on the
+            CPU, whatever ``num_workers``, when augmentations draw from ``trainkit.data.sample_rng`` as
+            ``SegmentationDataset`` does). The checkpoint holds the model, optimizer, scheduler, scaler, RNG
+            states, the epoch's sampler permutation and position, the accumulation phase and the running
+            sums of the epoch; the consumed batches are skipped without loading them.
+            ``ModelCheckpoint(every_n_steps=N)`` bounds the work a crash loses to N optimizer steps.
+
+            **Ctrl-C and SIGTERM.** During ``fit`` the first signal makes the loop finish the optimizer step
+            in progress (it never stops inside a ``grad_accum`` group; a validation pass that has begun is
+            completed), write ``last.pt`` into the checkpoint folder (``<run_dir>/checkpoints``; nothing
+            without ``run_dir``), print the ``resume=`` argument (and under the ``trainkit`` command the
+            command line ending in ``--resume last``) and raise ``KeyboardInterrupt`` (SIGINT, exit status
+            130) or ``SystemExit(143)`` (SIGTERM). A second signal stops at once, without saving. The
+            previous signal handlers are restored when ``fit`` ends. Handlers are installed only in the
+            main thread and not under DDP, where ranks would stop at different steps: resume DDP runs
+            from their ``every_n_steps`` checkpoints.
+
         Example:
             >>> model = torch.nn.Linear(2, 2)
             >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), torch.nn.CrossEntropyLoss(),
@@ -232,21 +258,29 @@ class Trainer:
         bar.quiet = not self.dist.is_main
         csv_log = self._open_loggers()
         bar.start_fit(self.state.epoch)
+        self._interrupt = GracefulInterrupt(enabled=not self.dist.enabled).install()
         try:
             self.callbacks.dispatch("on_fit_start", self)
             while self.state.epoch < epochs and not self.should_stop:
                 logs = self._run_epoch(val_loader, bar)
-                if csv_log is not None:
-                    csv_log.log_epoch(logs)
+                if csv_log is not None:  # the whole file, atomically: a failed run never truncates an older one
+                    csv_log.start(self.history)
                 if self._tb is not None:
                     self._tb.log_scalars(logs, int(logs["epoch"]))
                 bar.epoch_line(logs)
                 self.callbacks.dispatch("on_epoch_end", self, logs)
                 self.should_stop = self.dist.any_true(self.should_stop, self.device)
+                self._interrupt.check()
+        except StopRequested:
+            bar.close()
+            err = self._stop_after_signal()
+            self.callbacks.dispatch("on_exception", self, err)
+            raise err from None
         except BaseException as err:
             self.callbacks.dispatch("on_exception", self, err)
             raise
         finally:
+            self._interrupt.restore()
             bar.close()
             if self._tb is not None:
                 self._tb.close()
@@ -379,7 +413,8 @@ class Trainer:
         if self.state.batch_idx == 0:
             self.epoch_logs = {"lr": float(self.optimizer.param_groups[0]["lr"])}
             self.callbacks.dispatch("on_epoch_start", self, epoch + 1)
-        on_batch_end = self._on_batch_end if self.callbacks.has("on_train_batch_end") else None
+        watch = self.callbacks.has("on_train_batch_end") or self._interrupt.installed
+        on_batch_end = self._on_batch_end if watch else None
         train = train_one_epoch(
             self.model, loader, self.optimizer, self.loss_fn,
             device=self.device, precision=self.precision,
@@ -433,6 +468,21 @@ class Trainer:
 
     def _on_batch_end(self, state: LoopState, output: StepOutput) -> None:
         self.callbacks.dispatch("on_train_batch_end", self, state, output)
+        if self._interrupt.requested and self.at_step_boundary(state):
+            self._interrupt.check()
+
+    def _stop_after_signal(self) -> BaseException:
+        """After SIGINT/SIGTERM: write ``last.pt`` (with ``run_dir``), say how to resume, return the exit error."""
+        path = self.save_checkpoint(self._last_checkpoint_path(self.run_dir)) if self.run_dir is not None else None
+        where = f"epoch {self.state.epoch + 1}, batch {self.state.batch_idx} (step {self.state.global_step})"
+        saved = f"saved {path}; " if path is not None else ""
+        print(f"trainkit: stopped at {where}; {saved}{resume_hint(path)}", file=sys.stderr, flush=True)
+        return self._interrupt.exit_error()
+
+    def _last_checkpoint_path(self, run_dir: Path) -> Path:
+        """``last.pt`` in the ``ModelCheckpoint`` folder (``<run_dir>/checkpoints`` by default)."""
+        folder = next((cb.folder(self) for cb in self.callbacks.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        return (folder or run_dir / "checkpoints") / "last.pt"
 
     def _reduce_train(self, train: dict[str, float]) -> dict[str, float]:
         if not self.dist.enabled or "loss" not in train:
@@ -451,6 +501,7 @@ class Trainer:
             self.scheduler.step(logs[monitor])
         else:
             self.scheduler.step()
+        check_learning_rates(self.optimizer, f"after epoch {int(logs['epoch'])}")
 
     def _start(self, resume: str | os.PathLike[str] | None) -> None:
         self._resume_loader_state = None
@@ -465,12 +516,15 @@ class Trainer:
             print(f"resumed from {path} at epoch {self.state.epoch + 1}, batch {self.state.batch_idx}", flush=True)
 
     def _resolve_resume(self, resume: str | os.PathLike[str]) -> Path:
+        if not isinstance(resume, (str, os.PathLike)):
+            raise TypeError(
+                f"`resume` must be a checkpoint path, 'last' or None, got {type(resume).__name__} {resume!r}"
+            )
         if str(resume) != "last":
             return Path(resume)
         if self.run_dir is None:
             raise ValueError("`resume='last'` needs `run_dir` (it loads <run_dir>/checkpoints/last.pt)")
-        folder = next((cb.folder(self) for cb in self.callbacks.callbacks if isinstance(cb, ModelCheckpoint)), None)
-        path = (folder or self.run_dir / "checkpoints") / "last.pt"
+        path = self._last_checkpoint_path(self.run_dir)
         if not path.is_file():
             raise CheckpointError(f"`resume='last'`: {path} does not exist yet; start without `resume`")
         return path
@@ -485,7 +539,6 @@ class Trainer:
         if not os.access(self.run_dir, os.W_OK):
             raise ValueError(f"`run_dir={str(self.run_dir)!r}` is not writable; choose another folder")
         csv_log = CSVLogger(self.run_dir / "metrics.csv")
-        csv_log.start(self.history)
         tb = TensorBoardLogger(self.run_dir / "tensorboard")
         self._tb = tb if tb.available else None
         return csv_log
