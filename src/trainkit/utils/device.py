@@ -71,6 +71,9 @@ def move_to_device(batch: Any, device: torch.device, non_blocking: bool | None =
 def _move(obj: Any, device: torch.device, non_blocking: bool) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=non_blocking)
+    if type(obj) in (tuple, list):  # the usual batch, checked before the slower abstract-class checks below
+        moved = [_move(v, device, non_blocking) for v in obj]
+        return tuple(moved) if type(obj) is tuple else moved
     if isinstance(obj, Mapping):
         moved = {k: _move(v, device, non_blocking) for k, v in obj.items()}
         return moved if type(obj) is dict else _rebuild(obj, moved)
