@@ -4,6 +4,7 @@ AMP and the scaler, clear errors, exact resume, custom steps, callbacks, progres
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import math
 import re
@@ -138,7 +139,8 @@ def test_learns_a_toy_task_and_writes_the_run_dir(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr"]
     assert [{k: float(v) for k, v in r.items()} for r in rows] == history
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "curves.png", "metrics.csv"]
+    tensorboard = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []  # events when installed
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "curves.png", "metrics.csv", *tensorboard]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     last = trainkit.load_checkpoint(run / "checkpoints" / "last.pt")
@@ -808,5 +810,12 @@ def test_predict_returns_cpu_outputs_per_batch() -> None:
 
 def test_tensorboard_events_are_written_when_installed(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
-    _trainer(_mlp(), run_dir=tmp_path).fit(DataLoader(_blobs(16), batch_size=8), epochs=2)
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    history = _trainer(_mlp(), run_dir=tmp_path).fit(DataLoader(_blobs(16), batch_size=8), epochs=2)
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["lr", "train/loss"]
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert logged == [(1, pytest.approx(history[0]["train/loss"])), (2, pytest.approx(history[1]["train/loss"]))]
