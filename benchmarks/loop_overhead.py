@@ -287,6 +287,7 @@ def main() -> None:
     contenders = {v: contenders_for(v, base, loader, args.epochs, device) for v in args.variants}
 
     times: dict[tuple[str, str], list[float]] = {}
+    failed: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         if args.display == "tty" and hasattr(os, "openpty"):
             stdout: Any = stack.enter_context(pseudo_terminal())
@@ -296,10 +297,18 @@ def main() -> None:
         for rep in range(args.reps + 1):  # round 0 warms up
             for variant, runs in contenders.items():
                 for name, run in runs.items():
+                    if name in failed:
+                        continue
                     gc.collect()
                     with contextlib.redirect_stdout(stdout):
                         start = clock()
-                        run()
+                        try:
+                            run()
+                        except Exception as err:  # a peer's API change must not cost the other figures
+                            if name not in PEERS:
+                                raise
+                            failed[name] = f"{type(err).__name__}: {err}".splitlines()[0]
+                            continue
                         if device.type == "cuda":
                             torch.cuda.synchronize(device)
                         elapsed = clock() - start
@@ -317,11 +326,13 @@ def main() -> None:
     missing = [name for name in PEERS if importlib.util.find_spec(name) is None]
     if missing:
         print(f"not installed, skipped: {', '.join(missing)}")
+    for name, error in failed.items():
+        print(f"{name} failed, left out: {error}")
     print()
     print(f"{'variant':<10} {'contender':<12} {'median s':>9} {'ms/step':>8} {'min s':>7} {'ratio':>7}")
     for variant, runs in contenders.items():
         hand = statistics.median(times[(variant, "hand loop")])
-        for name in runs:
+        for name in (n for n in runs if n not in failed):
             samples = times[(variant, name)]
             median = statistics.median(samples)
             print(
