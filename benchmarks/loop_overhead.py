@@ -240,7 +240,7 @@ def pseudo_terminal() -> Iterator[Any]:
 
 
 def contenders_for(
-    variant: str, base: nn.Module, loader: DataLoader, epochs: int, device: torch.device
+    variant: str, base: nn.Module, loader: DataLoader, epochs: int, device: torch.device, peers: bool
 ) -> dict[str, Callable[[], None]]:
     """The runs of one variant, each on a fresh copy of the same initial model."""
     amp = "bf16" if variant == "bf16" else None
@@ -256,7 +256,7 @@ def contenders_for(
         runs["hand+tk.acc"] = lambda: hand_loop(
             copy.deepcopy(base), loader, epochs, device=device, amp=None, grad_accum=1, metric=Accuracy(num_classes=10)
         )
-        if device.type == "cpu":
+        if peers and device.type == "cpu":
             for name, runner in PEERS.items():
                 if importlib.util.find_spec(name) is not None:
                     runs[name] = lambda r=runner: r(copy.deepcopy(base), loader, epochs)
@@ -274,6 +274,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (peers run on the CPU only)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time (shared hosts)")
     parser.add_argument("--variants", nargs="+", default=["fp32", "bf16", "accum4", "callbacks"])
+    parser.add_argument("--no-peers", action="store_true", help="leave Lightning, Ignite and Accelerate out")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -284,7 +285,7 @@ def main() -> None:
     loader = make_loader(args.samples, args.batch_size, pin_memory=device.type == "cuda")
     steps = args.epochs * len(loader)
     base = make_model()
-    contenders = {v: contenders_for(v, base, loader, args.epochs, device) for v in args.variants}
+    contenders = {v: contenders_for(v, base, loader, args.epochs, device, not args.no_peers) for v in args.variants}
 
     times: dict[tuple[str, str], list[float]] = {}
     failed: dict[str, str] = {}
