@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.io import decode_gif, read_file
 
 from data_layouts import random_image, save_palette
-from trainkit.data._decode import pixel_format, read_image, read_mask
+from trainkit.data._decode import _png_values_decodable, pixel_format, read_image, read_mask
 from trainkit.errors import DecodeError
 
 RNG = np.random.default_rng(0)
@@ -124,6 +124,22 @@ def test_palette_png_mask_gives_indices_not_colours(tmp_path: Path, bits: int) -
     image.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0, 0, 0, 200])
     image.save(tmp_path / "m.png", bits=bits)  # 2 bits: torchvision's UNCHANGED mode misreads these
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), indices)
+
+
+def test_masks_take_torchvision_only_where_it_returns_stored_values(tmp_path: Path) -> None:
+    indices = RNG.integers(0, 4, (8, 8)).astype(np.uint8)
+    save_palette(tmp_path / "p8.png", indices)
+    Image.fromarray(indices, mode="P").save(tmp_path / "p2.png", bits=2)
+    Image.fromarray(indices, mode="P").save(tmp_path / "trns.png", transparency=0)
+    Image.fromarray(indices, mode="L").save(tmp_path / "g8.png")
+    Image.fromarray(indices.astype(np.uint16) * 300).save(tmp_path / "g16.png")
+    Image.fromarray(np.stack([indices] * 3, axis=2)).save(tmp_path / "rgb.png")
+    decodable = {p.stem: _png_values_decodable(np.fromfile(p, dtype=np.uint8)) for p in tmp_path.iterdir()}
+    assert decodable == {"p8": True, "g8": True, "g16": True, "p2": False, "trns": False, "rgb": False}
+    data = (tmp_path / "p8.png").read_bytes()
+    (tmp_path / "p8.png").write_bytes(data[: len(data) - 20])
+    with pytest.raises(DecodeError, match=r"p8\.png: cannot decode"):
+        read_mask(tmp_path / "p8.png")
 
 
 def test_palette_png_with_transparency_gives_indices(tmp_path: Path) -> None:

@@ -5,9 +5,10 @@ stored in the file (palette indices, not colours), or as ``[H, W, 3]`` RGB when 
 
 The decoder is chosen by the file's first bytes, not its extension (public datasets ship PNGs named
 ``.jpg``). ``torchvision.io`` decodes PNG, JPEG and WEBP images (the fast path; it expands PNG palettes to
-colours correctly); Pillow decodes everything else and all masks, because ``torchvision.io`` expands GIF
-palettes to RGB and misreads low-bit-depth and transparent palette PNGs in its ``UNCHANGED`` mode; TIFF goes
-through ``tifffile`` when installed (LZW and friends need ``imagecodecs``), else Pillow.
+colours correctly) and the masks it reads exactly: 8/16-bit gray PNGs and 8-bit palette PNGs without
+transparency (its ``UNCHANGED`` mode returns their stored indices; it misreads 1/2/4-bit palettes and
+transparent ones, and expands GIF palettes to RGB). Pillow decodes everything else; TIFF goes through
+``tifffile`` when installed (LZW and friends need ``imagecodecs``), else Pillow.
 
 torchvision 0.29 deprecated its image decoders in favour of TorchCodec and warns on every call; that one
 warning is filtered here, and a torchvision without the decoders makes Pillow decode everything.
@@ -148,16 +149,37 @@ def _alpha(image: torch.Tensor) -> torch.Tensor:
     return torch.full_like(image[:1], 255)
 
 
+def _read_bytes(path: Path) -> np.ndarray:
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DecodeError(f"{path}: cannot read the file ({err})") from err
+
+
+def _png_values_decodable(data: np.ndarray) -> bool:
+    """Whether torchvision's ``UNCHANGED`` mode returns this PNG's stored values (read from its chunk headers)."""
+    head = data[:8192].tobytes()
+    depth = color = -1
+    pos = 8
+    while pos + 18 <= len(head):
+        length, chunk = int.from_bytes(head[pos : pos + 4], "big"), head[pos + 4 : pos + 8]
+        if chunk == b"IHDR":
+            depth, color = head[pos + 16], head[pos + 17]
+        elif chunk == b"tRNS":
+            return False
+        elif chunk == b"IDAT":
+            return (color == 0 and depth in (8, 16)) or (color == 3 and depth == 8)
+        pos += 12 + length
+    return False
+
+
 def read_image(path: Path, channels: int = 3) -> torch.Tensor:
     """Decode an image file into a uint8 ``[channels, H, W]`` tensor (first frame/page of animations/stacks).
 
     Raises:
         DecodeError: the file is truncated, corrupt, not an image, or needs a missing TIFF codec.
     """
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        raise DecodeError(f"{path}: cannot read the file ({err})") from err
+    data = _read_bytes(path)
     kind = _kind(data[:12].tobytes())
     if kind in ("png", "jpeg", "webp") and decode_image is not None:
         mode = "RGB" if kind == "jpeg" and channels == 4 else _READ_MODES[channels]  # JPEG has no RGBA mode
@@ -187,6 +209,20 @@ def read_image(path: Path, channels: int = 3) -> torch.Tensor:
     return torch.from_numpy(array).unsqueeze(0) if array.ndim == 2 else torch.from_numpy(array).permute(2, 0, 1)
 
 
+def _read_with_pillow(path: Path, rgb: bool) -> np.ndarray:
+    try:
+        with Image.open(path) as pil:
+            if rgb and pil.mode not in ("RGB", "RGBA"):
+                pil = pil.convert("RGB")
+            elif pil.mode in ("LA", "PA", "CMYK", "YCbCr"):
+                pil = pil.convert("RGB") if pil.mode in ("CMYK", "YCbCr") else pil.getchannel(0)
+            if pil.mode == "1":  # 1-bit masks hold bits: 0/1, whatever Pillow's array of them looks like
+                return (np.asarray(pil) != 0).astype(np.uint8)
+            return np.asarray(pil)
+    except Exception as err:
+        raise _decode_error(path, err) from err
+
+
 def read_mask(path: Path, *, rgb: bool = False) -> np.ndarray:
     """Read a mask's stored values: ``[H, W]`` (palette indices, gray levels, 16-bit ids) or ``[H, W, 3]``.
 
@@ -196,28 +232,23 @@ def read_mask(path: Path, *, rgb: bool = False) -> np.ndarray:
             Otherwise an ``[H, W, 3+]`` colour mask comes back as ``[H, W, 3]`` unless its channels are equal
             (a gray mask saved as RGB), which gives ``[H, W]``.
 
+    Returns:
+        The values, possibly a read-only array (Pillow's buffer is not copied): callers derive new arrays.
+
     Raises:
         DecodeError: the file is truncated, corrupt, not an image, or needs a missing TIFF codec.
     """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(12)
-    except OSError as err:
-        raise DecodeError(f"{path}: cannot read the file ({err})") from err
-    if _kind(head) == "tiff":
+    data = _read_bytes(path)
+    kind = _kind(data[:12].tobytes())
+    if kind == "tiff":
         array = _read_tiff(path)
-    else:
+    elif kind == "png" and not rgb and decode_image is not None and _png_values_decodable(data):
         try:
-            with Image.open(path) as pil:
-                if rgb and pil.mode not in ("RGB", "RGBA"):
-                    pil = pil.convert("RGB")
-                elif pil.mode in ("LA", "PA", "CMYK", "YCbCr"):
-                    pil = pil.convert("RGB") if pil.mode in ("CMYK", "YCbCr") else pil.getchannel(0)
-                array = np.array(pil)
-                if pil.mode == "1":  # 1-bit masks hold bits: 0/1, whatever Pillow's array of them looks like
-                    array = (array != 0).astype(np.uint8)
-        except Exception as err:
+            array = decode_image(torch.from_numpy(data), mode=ImageReadMode.UNCHANGED)[0].numpy()
+        except RuntimeError as err:
             raise _decode_error(path, err) from err
+    else:
+        array = _read_with_pillow(path, rgb)
     if array.dtype == np.bool_:
         array = array.view(np.uint8)
     if rgb and array.ndim == 2:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from trainkit.data._decode import pixel_format, read_image, read_mask
 from trainkit.data._encoding import MaskEncoding
@@ -173,7 +173,7 @@ def check(
         report.errors.append(unpaired_message(pairing, Path(images), Path(masks), mask_suffix))
     report.pairs = len(pairing.pairs)
 
-    histogram = torch.zeros(0, dtype=torch.int64)
+    histogram = np.zeros(0, dtype=np.int64)
     hashes: dict[str, list[Path]] = {}
     converted: Counter[str] = Counter()
     jpeg_masks = 0
@@ -205,8 +205,8 @@ def _check_pair(
     channels: int,
     encoding: MaskEncoding,
     report: CheckReport,
-    histogram: torch.Tensor,
-) -> torch.Tensor:
+    histogram: np.ndarray,
+) -> np.ndarray:
     """Decode one pair and record its problems in ``report``; return the updated class histogram."""
     image = raw = None
     try:
@@ -230,10 +230,10 @@ def _check_pair(
     except DataError as err:
         report.errors.append(str(err))
         return histogram
-    if ids.numel() and int(ids.min()) >= 0 and int(ids.max()) < 2**20:
-        counts = torch.bincount(ids.reshape(-1).long())
+    if ids.size and int(ids.min()) >= 0 and int(ids.max()) < 2**20:
+        counts = np.bincount(ids.reshape(-1))
         if len(counts) > len(histogram):
-            histogram = torch.cat([histogram, torch.zeros(len(counts) - len(histogram), dtype=torch.int64)])
+            histogram = np.concatenate([histogram, np.zeros(len(counts) - len(histogram), dtype=np.int64)])
         histogram[: len(counts)] += counts
     try:
         encoding.check_classes(ids, mask_path)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -178,11 +179,10 @@ class SegmentationDataset(Dataset[Sample]):
         with sample_rng(self.seed, int(self._epoch), index):
             return self.transforms(sample_image, target)
 
-    def _build_target(self, raw: Any, mask_path: Path, index: int) -> Any:
+    def _build_target(self, raw: np.ndarray, mask_path: Path, index: int) -> Any:
         encoding = self.encoding
         if self.target == "binary" and not encoding.mapped:
-            values = torch.from_numpy(raw.max(axis=2) if raw.ndim == 3 else raw)
-            values = values.to(torch.int64) if values.dtype in (torch.uint16, torch.uint32) else values
+            values = raw.max(axis=2) if raw.ndim == 3 else raw  # colour masks: any non-zero channel
             return binary_target(values, threshold=self.threshold, ignore_index=None)
         ids = encoding.class_ids(raw, mask_path)
         if self.target == "binary":
