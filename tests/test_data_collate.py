@@ -140,3 +140,26 @@ def test_dataset_through_a_dataloader(tmp_path: Path) -> None:
     instance = SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask", target="instance")
     images, targets = next(iter(DataLoader(instance, batch_size=3, collate_fn=collate_instances)))
     assert [t["masks"].shape[0] for t in targets] == [1, 2, 3] and [t["image_id"].item() for t in targets] == [0, 1, 2]
+
+
+def test_collate_instances_in_a_worker_packs_each_dtype_into_one_shared_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(collate_module, "get_worker_info", lambda: object())  # as inside a DataLoader worker
+    samples = []
+    for n in (1, 2):
+        boxes = tv_tensors.BoundingBoxes(torch.full((n, 4), float(n)), format="XYXY", canvas_size=(4, 6))
+        masks = tv_tensors.Mask(torch.ones(n, 4, 6, dtype=torch.bool))
+        samples.append((image(n), {"masks": masks, "boxes": boxes, "labels": torch.arange(n), "image_id": n}))
+    images, targets = collate_instances(samples)
+    assert all(t.is_shared() for t in [*images, *(v for tg in targets for v in tg.values() if torch.is_tensor(v))])
+    storages = {t["labels"].untyped_storage().data_ptr() for t in targets}
+    assert len(storages) == 1  # one block for all int64 tensors of the batch
+    assert isinstance(images[1], tv_tensors.Image) and int(images[1].max()) == 2
+    assert isinstance(targets[1]["boxes"], tv_tensors.BoundingBoxes) and tuple(targets[1]["boxes"].canvas_size) == (
+        4,
+        6,
+    )
+    assert targets[1]["boxes"].tolist() == [[2.0] * 4] * 2 and targets[1]["labels"].tolist() == [0, 1]
+    assert targets[0]["masks"].dtype == torch.bool and int(targets[1]["masks"].sum()) == 48
+    assert targets[1]["image_id"] == 2  # non-tensors pass through

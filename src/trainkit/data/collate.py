@@ -95,10 +95,48 @@ def collate_instances(batch: Sequence[Any]) -> tuple[list[Any], ...]:
             "`collate_instances` expects samples that are tuples/lists of one length, e.g. (image, target); "
             f"got {type(batch[0]).__name__} samples"
         )
-    return tuple(
+    fields = tuple(
         [_fix_each(value, _INPUT if position == 0 else _TARGET) for value in field]
         for position, field in enumerate(zip(*batch, strict=True))
     )
+    return _into_shared_memory(fields) if get_worker_info() is not None else fields
+
+
+def _into_shared_memory(fields: tuple[list[Any], ...]) -> tuple[list[Any], ...]:
+    """Copy every tensor of a batch into one shared-memory block per dtype, as views.
+
+    A worker sends each tensor to the main process through shared memory; a tensor not already there gets its
+    own new segment, which for detection targets means several small segments per sample (measured on 2 cores:
+    about 0.8 ms per sample for 7 tensors). Views of one block travel as one segment.
+    """
+    tensors: list[torch.Tensor] = []
+    _visit_tensors(fields, tensors.append)
+    blocks: dict[torch.dtype, torch.Tensor] = {}
+    for dtype in {t.dtype for t in tensors}:
+        numel = sum(t.numel() for t in tensors if t.dtype == dtype)
+        storage = torch.UntypedStorage._new_shared(max(numel, 1) * dtype.itemsize)
+        blocks[dtype] = torch.empty(0, dtype=dtype).set_(storage)
+    offsets = dict.fromkeys(blocks, 0)
+
+    def move(tensor: torch.Tensor) -> torch.Tensor:
+        start = offsets[tensor.dtype]
+        offsets[tensor.dtype] = start + tensor.numel()
+        view = blocks[tensor.dtype][start : start + tensor.numel()].view(tensor.shape)
+        view.copy_(tensor.as_subclass(torch.Tensor))
+        return tv_tensors.wrap(view, like=tensor) if isinstance(tensor, tv_tensors.TVTensor) else view
+
+    return _visit_tensors(fields, move)
+
+
+def _visit_tensors(obj: Any, fn: Any) -> Any:
+    """Apply ``fn`` to every tensor inside nested tuples, lists and dicts; rebuild the structure."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {key: _visit_tensors(value, fn) for key, value in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_visit_tensors(value, fn) for value in obj)
+    return obj
 
 
 def _fix_each(value: Any, role: str) -> Any:
