@@ -6,26 +6,44 @@ PyTorch does the distribution; this module only does the bookkeeping. When ``tor
 * initialises the default process group when the user has not (``nccl`` on CUDA, ``gloo`` on CPU);
 * uses one device per local rank and wraps the model in ``DistributedDataParallel``
   (visible as ``trainer.model``; ``trainer.module`` is the user's model);
-* shards the training loader with ``DistributedSampler`` (shuffling kept, padded to equal
-  length so every rank takes the same number of steps) and the evaluation loader with
-  :class:`ShardSampler`, which never pads, so no sample is counted twice in metrics;
+* shards the training loader with ``DistributedSampler`` (shuffling kept, padded with repeated
+  samples to equal length so every rank takes the same number of steps) and the evaluation loader
+  with :class:`ShardSampler`, which never pads, so no sample is counted twice in metrics;
 * sums loss totals and metric counts across ranks, so every rank reports the same values.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, Sampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+)
+from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["DistributedContext", "ShardSampler", "torchrun_env"]
+from trainkit.engine.resumable import ResumableBatchSampler, rebuild_loader
+from trainkit.errors import CheckpointError
+
+__all__ = ["DistributedContext", "ShardSampler", "ShardedBatches", "check_ddp_kwargs", "local_device", "torchrun_env"]
+
+# Arguments of DistributedDataParallel that the Trainer sets itself.
+_OWN_DDP_ARGS = ("module", "device_ids", "output_device")
 
 
 def torchrun_env() -> dict[str, int] | None:
@@ -44,18 +62,62 @@ def torchrun_env() -> dict[str, int] | None:
     return {"rank": rank, "local_rank": local, "world_size": world}
 
 
+def local_device(device: torch.device) -> torch.device:
+    """This rank's device: under torchrun, ``cuda`` without an index becomes ``cuda:<LOCAL_RANK>``.
+
+    An explicit index (``cuda:1``) is kept as given; outside torchrun nothing changes.
+
+    Example:
+        >>> local_device(torch.device("cpu"))
+        device(type='cpu')
+    """
+    env = torchrun_env()
+    if device.type != "cuda" or device.index is not None or env is None:
+        return device
+    return torch.device("cuda", env["local_rank"] % max(1, torch.cuda.device_count()))
+
+
+def check_ddp_kwargs(ddp_kwargs: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` for an option ``DistributedDataParallel`` does not take (checked in every run).
+
+    Example:
+        >>> check_ddp_kwargs({"find_unused_parameters": True, "static_graph": False})
+    """
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    accepted = [name for name in params if name not in ("self", *_OWN_DDP_ARGS)]
+    for name in ddp_kwargs:
+        if name in _OWN_DDP_ARGS:
+            raise TypeError(
+                f"`ddp_kwargs` sets {name!r}, which the Trainer sets itself (one device per local rank); remove it "
+                "and choose the device with `device=`"
+            )
+        if name not in accepted:
+            raise TypeError(
+                f"`ddp_kwargs` has {name!r}, which `DistributedDataParallel` does not take; accepted: "
+                f"{', '.join(accepted)}"
+            )
+
+
 class ShardSampler(Sampler[int]):
     """Indices ``rank, rank + world, ...`` of a dataset: disjoint, unpadded shards for evaluation.
 
     Ranks may get one sample more or less than each other; evaluation sums counts across ranks,
     so the result equals a single-process pass over the same data exactly.
 
+    Args:
+        data_source: the dataset (only its length is used when ``base`` is not given).
+        num_replicas: the world size.
+        rank: this process's rank, ``0 <= rank < num_replicas``.
+        base: the indices to shard (e.g. a subset's); by default ``range(len(data_source))``.
+            It must give the same order on every rank.
+
     Example:
         >>> list(ShardSampler(range(5), num_replicas=2, rank=1))
         [1, 3]
     """
 
-    def __init__(self, data_source: Any, num_replicas: int, rank: int, base: Sampler[int] | None = None):
+    def __init__(self, data_source: Sized, num_replicas: int, rank: int, base: Iterable[int] | None = None):
+        _check_shard(num_replicas, rank)
         self.data_source, self.num_replicas, self.rank = data_source, num_replicas, rank
         self.base = base
 
@@ -65,6 +127,32 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         n = len(self.base) if self.base is not None else len(self.data_source)  # type: ignore[arg-type]
+        return max(0, math.ceil((n - self.rank) / self.num_replicas))
+
+
+class ShardedBatches:
+    """Batches ``rank, rank + world, ...`` of any iterable of batches: evaluation sharding for loaders
+    that cannot be rebuilt with a sampler (an ``IterableDataset``, a custom ``batch_sampler``, a list).
+
+    Every rank still iterates (and loads) the whole loader, but runs the model on its batches only;
+    the shards are disjoint, so summed counts equal a single-process pass.
+
+    Example:
+        >>> list(ShardedBatches(["a", "b", "c"], num_replicas=2, rank=0))
+        ['a', 'c']
+    """
+
+    def __init__(self, batches: Iterable[Any], num_replicas: int, rank: int):
+        _check_shard(num_replicas, rank)
+        self.batches, self.num_replicas, self.rank = batches, num_replicas, rank
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, batch in enumerate(self.batches):
+            if i % self.num_replicas == self.rank:
+                yield batch
+
+    def __len__(self) -> int:
+        n = len(self.batches)  # type: ignore[arg-type]  # TypeError when the loader has no length, as for it
         return max(0, math.ceil((n - self.rank) / self.num_replicas))
 
 
@@ -97,6 +185,9 @@ class DistributedContext:
     def detect(cls, device: torch.device) -> DistributedContext:
         """Join the torchrun group (initialising it when needed) or return a single-process context.
 
+        ``device`` is this rank's device (see :func:`local_device`): CUDA selects ``nccl``, anything
+        else ``gloo``. A group the user initialised is used as it is.
+
         Example:
             >>> DistributedContext.detect(torch.device("cpu")).world_size >= 1
             True
@@ -109,7 +200,12 @@ class DistributedContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        store = _restart_safe_store(env["world_size"])
+        dist.init_process_group(
+            backend=backend,
+            device_id=device if device.type == "cuda" else None,
+            **({"store": store, "rank": env["rank"], "world_size": env["world_size"]} if store is not None else {}),
+        )
         return cls(env["rank"], env["local_rank"], env["world_size"], owns_group=True)
 
     @property
@@ -127,42 +223,71 @@ class DistributedContext:
     ) -> nn.Module:
         """``DistributedDataParallel(model)`` on this rank's device (unchanged when single-process).
 
+        ``ddp_kwargs`` are checked against ``DistributedDataParallel``'s options in every run, so a
+        typo shows on a laptop, not first on the cluster. ``sync_batchnorm`` converts BatchNorm layers
+        to ``SyncBatchNorm`` (CUDA only, as in PyTorch; a single process needs no conversion).
+
         Example:
             >>> m = torch.nn.Linear(2, 2)
             >>> DistributedContext.single().wrap_model(m, torch.device("cpu")) is m
             True
         """
+        check_ddp_kwargs(ddp_kwargs)
         if not self.enabled:
             return model
         if sync_batchnorm:
+            if device.type != "cuda":
+                raise ValueError(
+                    f"`sync_batchnorm=True` needs CUDA: PyTorch's SyncBatchNorm works with GPU modules only, and this "
+                    f"run trains on {device}. Use `sync_batchnorm=False` (each rank normalises over its own batch)"
+                )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
 
     def train_sampler(self, loader: DataLoader[Any], seed: int) -> Sampler[int] | None:
-        """A ``DistributedSampler`` replacing the loader's plain sampler (``None`` when single-process).
+        """A ``DistributedSampler`` replacing the loader's default sampler, or ``None`` to keep the loader's.
 
-        Shuffling follows the original sampler (``RandomSampler`` → shuffled by ``seed`` and epoch).
-        The dataset is padded with repeated samples to a multiple of the world size.
+        ``shuffle=True`` (a ``RandomSampler``) becomes a sampler shuffled by ``seed`` and the epoch;
+        ``shuffle=False`` keeps the dataset order. The dataset is padded with repeated samples to a
+        multiple of the world size, so every rank takes the same number of steps. A sampler that
+        already knows the ranks (it has ``num_replicas``, like ``DistributedSampler``) is kept; any
+        other sampler or batch sampler is kept too, with a warning that it is not sharded.
 
         Example:
             >>> DistributedContext.single().train_sampler(DataLoader(range(4)), seed=0) is None
             True
         """
-        if not self.enabled:
+        if not self.enabled or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
             return None
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = loader.sampler
-        if isinstance(sampler, DistributedSampler):
-            return sampler
-        shuffle = isinstance(sampler, RandomSampler)
+        batch_sampler = _inner_batch_sampler(loader)
+        if batch_sampler is None or _rank_aware(loader.sampler) or _rank_aware(batch_sampler):
+            return None
+        if type(batch_sampler) is not BatchSampler or _whole_dataset(loader.sampler) not in ("ordered", "shuffled"):
+            custom = type(batch_sampler if type(batch_sampler) is not BatchSampler else loader.sampler).__name__
+            warnings.warn(
+                f"under DDP trainkit shards a DataLoader's default sampler only (`shuffle=True/False`); this training "
+                f"loader's {custom} is used as it is on every rank, so the ranks do not split the data. Give the "
+                "loader a sampler that yields this rank's share with the same length on every rank (e.g. "
+                "`Subset(dataset, indices)` with `shuffle=True` instead of a `SubsetRandomSampler`)",
+                stacklevel=3,
+            )
+            return None
         return DistributedSampler(
-            loader.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=seed, drop_last=False
+            loader.dataset,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=_whole_dataset(loader.sampler) == "shuffled",
+            seed=seed,
+            drop_last=False,
         )
 
     def eval_sampler(self, loader: DataLoader[Any]) -> Sampler[int] | None:
-        """A :class:`ShardSampler` for evaluation (``None`` when single-process).
+        """A :class:`ShardSampler` over the samples the loader visits (``None`` when single-process).
+
+        A loader that visits the whole dataset (``shuffle=True/False`` or a ``DistributedSampler``,
+        whose padding is dropped) is sharded in dataset order; a ``SubsetRandomSampler`` by its sorted
+        indices; any other sampler by its own order, which must then be the same on every rank.
 
         Example:
             >>> DistributedContext.single().eval_sampler(DataLoader(range(4))) is None
@@ -170,7 +295,34 @@ class DistributedContext:
         """
         if not self.enabled:
             return None
-        return ShardSampler(loader.dataset, self.world_size, self.rank)
+        sampler = loader.sampler
+        if _whole_dataset(sampler) is not None or isinstance(sampler, DistributedSampler):
+            base: Iterable[int] | None = None
+        elif type(sampler) is SubsetRandomSampler:
+            base = sorted(int(i) for i in sampler.indices)
+        else:
+            base = sampler
+        return ShardSampler(loader.dataset, self.world_size, self.rank, base=base)
+
+    def shard_eval_loader(self, loader: Iterable[Any], *, pin_memory: bool = False) -> Iterable[Any]:
+        """This rank's disjoint, unpadded share of an evaluation loader (the loader itself when single-process).
+
+        A ``DataLoader`` with a plain batch sampler is rebuilt around :func:`eval_sampler`; anything
+        else is wrapped in :class:`ShardedBatches`. Sharding an already sharded loader returns it.
+
+        Example:
+            >>> loader = DataLoader(range(4), batch_size=2)
+            >>> DistributedContext.single().shard_eval_loader(loader) is loader
+            True
+        """
+        if not self.enabled or _is_sharded(loader):
+            return loader
+        map_style = isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
+        if map_style and type(_inner_batch_sampler(loader)) is BatchSampler:
+            rebuilt = rebuild_loader(loader, sampler=self.eval_sampler(loader), pin_memory=pin_memory)
+            if rebuilt is not None:
+                return rebuilt
+        return ShardedBatches(loader, self.world_size, self.rank)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over all ranks (a new tensor; the input is not changed).
@@ -184,6 +336,19 @@ class DistributedContext:
         total = tensor.clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every rank (picklable objects; CPU tensors).
+
+        Example:
+            >>> DistributedContext.single().gather({"samples": 3})
+            [{'samples': 3}]
+        """
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def barrier(self) -> None:
         """Wait for every rank (no-op when single-process).
@@ -206,6 +371,51 @@ class DistributedContext:
         value = torch.tensor(float(flag), device=device)
         return bool(self.all_reduce_sum(value).item() > 0)
 
+    def file_on_main(self, path: str | os.PathLike[str], device: torch.device) -> bool:
+        """Whether rank 0 sees the file ``path``: one answer for all ranks, so they all resume or none does.
+
+        Raises:
+            CheckpointError: rank 0 sees the file and another rank does not (``run_dir`` is not on a
+                filesystem that every node shares).
+
+        Example:
+            >>> DistributedContext.single().file_on_main("no/such/last.pt", torch.device("cpu"))
+            False
+        """
+        here = Path(path).is_file()
+        if not self.enabled:
+            return here
+        flags = torch.tensor([float(here and self.is_main), float(here)], dtype=torch.float64, device=device)
+        on_main, seen_by = (int(v) for v in self.all_reduce_sum(flags).tolist())
+        if on_main and seen_by < self.world_size:
+            raise CheckpointError(
+                f"{path} exists on rank 0 but {self.world_size - seen_by} of {self.world_size} ranks cannot read it; "
+                "every rank loads the checkpoint on resume, so put `run_dir` on a filesystem that all nodes share"
+            )
+        return bool(on_main)
+
+    def epoch_state_of(self, ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+        """This rank's running sums from a mid-epoch checkpoint, or ``None`` when they do not carry over.
+
+        A mid-epoch checkpoint holds every rank's sums (``{"ranks": [...]}``) when written by several
+        processes. Written by another number of processes, the epoch's shards differ, so the position
+        in the epoch is meaningless: ``None`` (with a warning) tells the Trainer to restart the epoch.
+
+        Example:
+            >>> DistributedContext.single().epoch_state_of({"epoch_state": {"samples": 8}})
+            {'samples': 8}
+        """
+        saved_world = int(ckpt.get("world_size", 1))
+        state = dict(ckpt.get("epoch_state") or {})
+        if saved_world != self.world_size:
+            warnings.warn(
+                f"the checkpoint was written mid-epoch by {saved_world} process(es) and this run has "
+                f"{self.world_size}: the ranks' shards of the epoch differ, so the epoch restarts from its first batch",
+                stacklevel=3,
+            )
+            return None
+        return dict(state["ranks"][self.rank]) if "ranks" in state else state
+
     def shutdown(self) -> None:
         """Destroy the process group if this context created it.
 
@@ -215,3 +425,54 @@ class DistributedContext:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
+
+
+def _restart_safe_store(world_size: int) -> dist.Store | None:
+    """torchrun's store with the keys of this restart attempt apart, or ``None`` for the default ``env://``.
+
+    torchrun lends its rendezvous TCPStore to the workers (``TORCHELASTIC_USE_AGENT_STORE=True``) and keeps it
+    across restarts with the previous attempt's keys still in it; with ``env://`` the restarted ranks read the
+    dead workers' addresses and fail to connect ("Gloo connectFullMesh failed"). Prefixing the keys with
+    ``TORCHELASTIC_RESTART_COUNT`` gives every attempt fresh ones.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart is None or "MASTER_PORT" not in os.environ:
+        return None
+    agent_store = dist.TCPStore(
+        os.environ.get("MASTER_ADDR", "localhost"), int(os.environ["MASTER_PORT"]), world_size, is_master=False
+    )
+    return dist.PrefixStore(f"trainkit/attempt_{restart}", agent_store)
+
+
+def _check_shard(num_replicas: Any, rank: Any) -> None:
+    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+        raise ValueError(f"`num_replicas` must be a positive integer, got {num_replicas!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+        raise ValueError(
+            f"`rank` must be an integer in [0, {num_replicas}) for `num_replicas={num_replicas}`, got {rank!r}"
+        )
+
+
+def _inner_batch_sampler(loader: DataLoader[Any]) -> Any:
+    batch_sampler = loader.batch_sampler
+    return batch_sampler.batch_sampler if isinstance(batch_sampler, ResumableBatchSampler) else batch_sampler
+
+
+def _rank_aware(sampler: Any) -> bool:
+    return isinstance(sampler, DistributedSampler) or hasattr(sampler, "num_replicas")
+
+
+def _whole_dataset(sampler: Any) -> str | None:
+    """``"ordered"`` / ``"shuffled"`` for a DataLoader's default samplers, ``None`` for any other sampler."""
+    if type(sampler) is SequentialSampler:
+        return "ordered"
+    if type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(sampler.data_source):
+        return "shuffled"
+    return None
+
+
+def _is_sharded(loader: Any) -> bool:
+    if isinstance(loader, ShardedBatches):
+        return True
+    inner = _inner_batch_sampler(loader) if isinstance(loader, DataLoader) else None
+    return isinstance(getattr(inner, "sampler", None), ShardSampler)

@@ -181,6 +181,8 @@ def train_one_epoch(
                     out = as_step_output(step(batch))
                 loss = _require_loss(out)
                 finite = _finite_or_record(loss, state, check_now, on_nan)
+                if on_nan == "skip" and _is_ddp(model):  # all ranks skip together, or DDP's all-reduce hangs
+                    finite = _finite_on_all_ranks(finite, loss.device)
                 if finite:
                     with _no_sync_unless(no_sync, steps_now):
                         precision.backward(loss / group_len if group_len > 1 else loss)
@@ -280,12 +282,17 @@ def evaluate(
         bar.end_batches()
         model.train(was_training)
     results: dict[str, float] = {}
-    if state.loss_sum is not None:
-        total = torch.stack([state.loss_sum.double(), torch.tensor(float(state.samples), device=state.loss_sum.device)])
-        if reduce is not None:
+    has_loss, fed = state.loss_sum is not None, state.metrics_updated
+    if has_loss or reduce is not None:
+        zero = torch.zeros((), dtype=_acc_dtype(device), device=device)
+        loss_sum = state.loss_sum.to(device, zero.dtype) if state.loss_sum is not None else zero
+        total = torch.stack([loss_sum, zero + state.samples, zero + has_loss, zero + fed])
+        if reduce is not None:  # sums, not means; the same collective on every rank, also on one with an empty shard
             total = reduce(total)
-        results["loss"] = float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
-    if state.metrics_updated or _distributed():  # every rank joins the metrics' all-reduce, fed or not
+            has_loss, fed = float(total[2]) > 0, float(total[3]) > 0
+        if has_loss:
+            results["loss"] = float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
+    if fed or (reduce is None and _distributed()):  # every rank joins the metrics' all-reduce, fed or not
         results.update(compute_metrics(metrics))
     return results
 
@@ -490,3 +497,14 @@ def _to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().float().mean().item()) if value.numel() > 1 else float(value.item())
     return float(value)
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
+    return isinstance(inner if isinstance(inner, nn.Module) else model, nn.parallel.DistributedDataParallel)
+
+
+def _finite_on_all_ranks(finite: bool, device: torch.device) -> bool:
+    flag = torch.tensor(float(finite), device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item() > 0)

@@ -28,14 +28,14 @@ from torch import nn
 from trainkit.engine import checkpoint as ckpt_io
 from trainkit.engine._step import StepFn, StepOutput
 from trainkit.engine.callbacks import Callback, CallbackList, ModelCheckpoint
-from trainkit.engine.distributed import DistributedContext
+from trainkit.engine.distributed import DistributedContext, local_device
 from trainkit.engine.interrupts import GracefulInterrupt, StopRequested, resume_hint
 from trainkit.engine.loops import LoopState, check_learning_rates, default_step, evaluate, predict, train_one_epoch
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
 from trainkit.engine.resumable import ResumableBatchSampler, rebuild_loader
 from trainkit.errors import CheckpointError
-from trainkit.utils.device import resolve_device
+from trainkit.utils.device import move_to_device, resolve_device
 from trainkit.utils.logging import CSVLogger, TensorBoardLogger
 from trainkit.utils.seed import get_rng_state, seed_everything, set_rng_state
 
@@ -123,7 +123,7 @@ class Trainer:
         sync_batchnorm: bool = False,
     ):
         _check_args(model, optimizer, loss_fn, scheduler_interval, grad_accum, clip_grad_norm, on_nan, training_step)
-        self.device = resolve_device(device)
+        self.device = local_device(resolve_device(device))  # under torchrun, "cuda" is the local rank's GPU
         self.dist = DistributedContext.detect(self.device)
         self.module = (
             model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
@@ -208,7 +208,10 @@ class Trainer:
             train_loader: a ``DataLoader`` (or any iterable of batches).
             val_loader: evaluated after every epoch when given.
             epochs: the total number of epochs.
-            resume: a checkpoint path, or ``"last"`` for ``<run_dir>/checkpoints/last.pt``.
+            resume: a checkpoint path; ``"last"`` for ``<run_dir>/checkpoints/last.pt``; or ``"auto"``:
+                resume from that ``last.pt`` when it exists, else start afresh, so one script serves the first
+                start and every restart (``torchrun --max-restarts``, a requeued job). Under DDP rank 0's view
+                decides for all ranks, and every rank loads the checkpoint.
 
         Returns:
             ``history``: one dict of floats an epoch.
@@ -286,6 +289,7 @@ class Trainer:
                 self._tb.close()
         self.callbacks.dispatch("on_fit_end", self)
         self._plot_curves()
+        self.dist.barrier()  # no rank returns (and reads run_dir) before rank 0 has written its files
         return self.history
 
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
@@ -334,9 +338,14 @@ class Trainer:
             >>> t.save_checkpoint(tempfile.mkdtemp() + "/ckpt.pt").name
             'ckpt.pt'
         """
+        # Under DDP a mid-epoch checkpoint holds every rank's running sums: a collective, so every rank calls this.
+        ranks = self.dist.gather(self._epoch_state()) if self.dist.enabled and self.state.batch_idx > 0 else None
         if not self.dist.is_main:
             return None
-        return ckpt_io.save_checkpoint(path, self._checkpoint_state())
+        state = self._checkpoint_state()
+        if ranks is not None:
+            state["epoch_state"] = {"ranks": ranks}
+        return ckpt_io.save_checkpoint(path, state)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Restore model, optimizer, scheduler, scaler, counters, history, callbacks and RNG from ``path``.
@@ -368,7 +377,9 @@ class Trainer:
         self.history = [dict(row) for row in ckpt.get("history", [])]
         self.callbacks.load_state_dict(ckpt.get("callbacks", {}))
         self.epoch_logs = dict(ckpt.get("epoch_logs", {}))
-        epoch_state = ckpt.get("epoch_state") or {}
+        epoch_state = self.dist.epoch_state_of(ckpt) if self.state.batch_idx > 0 else {}
+        if epoch_state is None:  # written by another number of processes: the epoch restarts
+            self.state.batch_idx, epoch_state = 0, {}
         if self.state.batch_idx > 0 and epoch_state:
             self.state.loss_sum = (
                 epoch_state["loss_sum"].to(self.device) if epoch_state.get("loss_sum") is not None else None
@@ -485,13 +496,17 @@ class Trainer:
         return (folder or run_dir / "checkpoints") / "last.pt"
 
     def _reduce_train(self, train: dict[str, float]) -> dict[str, float]:
+        """Under DDP: the loss summed over every rank's samples (metrics reduce their own counts in ``compute``).
+
+        ``DistributedSampler`` pads the epoch with repeated samples (at most ``world_size - 1``), which
+        are trained on and therefore counted here too.
+        """
         if not self.dist.enabled or "loss" not in train:
             return train
-        total = torch.tensor(
-            [train["loss"] * self.state.samples, float(self.state.samples)], dtype=torch.float64, device=self.device
-        )
-        total = self.dist.all_reduce_sum(total)
-        return {**train, "loss": float(total[0] / total[1])}
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_sum = self.state.loss_sum.to(self.device, torch.float64) if self.state.loss_sum is not None else zero
+        total = self.dist.all_reduce_sum(torch.stack([loss_sum, zero + self.state.samples]))
+        return {**train, "loss": float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")}
 
     def _step_epoch_scheduler(self, logs: dict[str, float]) -> None:
         if self.scheduler is None or self.scheduler_interval != "epoch":
@@ -505,29 +520,31 @@ class Trainer:
 
     def _start(self, resume: str | os.PathLike[str] | None) -> None:
         self._resume_loader_state = None
-        if resume is None:
+        path = self._resolve_resume(resume) if resume is not None else None
+        if path is None:
             if self.seed is not None:
                 seed_everything(self.seed)
             self.history, self.state = [], LoopState()
             return
-        path = self._resolve_resume(resume)
         self.load_checkpoint(path)
         if self.dist.is_main:
             print(f"resumed from {path} at epoch {self.state.epoch + 1}, batch {self.state.batch_idx}", flush=True)
 
-    def _resolve_resume(self, resume: str | os.PathLike[str]) -> Path:
+    def _resolve_resume(self, resume: str | os.PathLike[str]) -> Path | None:
         if not isinstance(resume, (str, os.PathLike)):
             raise TypeError(
-                f"`resume` must be a checkpoint path, 'last' or None, got {type(resume).__name__} {resume!r}"
+                f"`resume` must be a checkpoint path, 'last', 'auto' or None, got {type(resume).__name__} {resume!r}"
             )
-        if str(resume) != "last":
+        if str(resume) not in ("last", "auto"):
             return Path(resume)
         if self.run_dir is None:
-            raise ValueError("`resume='last'` needs `run_dir` (it loads <run_dir>/checkpoints/last.pt)")
+            raise ValueError(f"`resume={str(resume)!r}` needs `run_dir` (it loads <run_dir>/checkpoints/last.pt)")
         path = self._last_checkpoint_path(self.run_dir)
-        if not path.is_file():
-            raise CheckpointError(f"`resume='last'`: {path} does not exist yet; start without `resume`")
-        return path
+        if self.dist.file_on_main(path, self.device):  # one answer on every rank: all resume or none does
+            return path
+        if str(resume) == "auto":
+            return None  # the first start of a run: train from scratch
+        raise CheckpointError(f"`resume='last'`: {path} does not exist yet; start without `resume`")
 
     def _open_loggers(self) -> CSVLogger | None:
         if self.run_dir is None or not self.dist.is_main:
@@ -560,14 +577,20 @@ class Trainer:
             "callbacks": self.callbacks.state_dict(),
             "epoch_logs": dict(self.epoch_logs) if mid_epoch else {},
             "extra": dict(self.extra_state),
+            "world_size": self.dist.world_size,
         }
         if mid_epoch:
-            state["epoch_state"] = {
-                "loss_sum": self.state.loss_sum.detach().cpu() if self.state.loss_sum is not None else None,
-                "samples": self.state.samples,
-                "metrics": {k: m.state_dict() for k, m in self.train_metrics.items() if hasattr(m, "state_dict")},
-            }
+            state["epoch_state"] = self._epoch_state()
         return state
+
+    def _epoch_state(self) -> dict[str, Any]:
+        """This process's running loss and train-metric counts of the epoch so far (CPU tensors)."""
+        metrics = {k: m.state_dict() for k, m in self.train_metrics.items() if hasattr(m, "state_dict")}
+        return {
+            "loss_sum": self.state.loss_sum.detach().cpu() if self.state.loss_sum is not None else None,
+            "samples": self.state.samples,
+            "metrics": move_to_device(metrics, torch.device("cpu"), non_blocking=False),
+        }
 
     def _prepare_train_loader(self, loader: Iterable[Any]) -> Iterable[Any]:
         sampler = self.dist.train_sampler(loader, seed=self.seed or 0) if hasattr(loader, "dataset") else None
@@ -583,10 +606,9 @@ class Trainer:
         return rebuilt
 
     def _prepare_eval_loader(self, loader: Iterable[Any] | None) -> Iterable[Any] | None:
-        if loader is None or not self.dist.enabled or not hasattr(loader, "dataset"):
-            return loader
-        sampler = self.dist.eval_sampler(loader)
-        return rebuild_loader(loader, sampler=sampler, pin_memory=self.device.type == "cuda") or loader
+        if loader is None:
+            return None
+        return self.dist.shard_eval_loader(loader, pin_memory=self.device.type == "cuda")
 
     def _plot_curves(self) -> None:
         if self.run_dir is None or not self.dist.is_main or not self.history:
