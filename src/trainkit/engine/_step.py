@@ -188,7 +188,7 @@ def explain_errors(*, batch_size: int | None, where: str) -> Iterator[None]:
             "and keep the effective batch with `grad_accum=`, turn on `amp='auto'`, use smaller inputs (`size=`) or "
             f"a smaller model. Original error: {_first_line(err)}"
         ) from err
-    except (RuntimeError, IndexError) as err:
+    except (RuntimeError, IndexError, ValueError) as err:  # torch raises ValueError for some shape mismatches
         hint = _hint_for(str(err))
         if hint is None:
             raise
@@ -224,7 +224,28 @@ def _hint_for(message: str) -> str | None:
             "a target class id is >= the number of output channels; check `num_classes`/`out_channels` against the "
             "mask values (run `trainkit check`), and map void pixels to `ignore_index`"
         )
+    if any(s in text for s in _TARGET_SHAPE_ERRORS):
+        return (
+            "the targets' shape does not fit the model's outputs in `loss_fn`: CrossEntropyLoss takes [N, C, H, W] "
+            "logits with [N, H, W] int64 class ids at the same H, W (drop a mask channel with `mask.squeeze(1)`; "
+            "resize masks together with images in a joint transform)"
+        )
+    if any(s in text for s in _INPUT_SHAPE_ERRORS):
+        return (
+            "the inputs' shape does not fit the model: compare the batch's shape with the first layer's "
+            "`in_features`/`in_channels` (e.g. gray images for an RGB model: the dataset's `channels=`)"
+        )
     return None
+
+
+# Substrings of PyTorch's messages for targets that do not match the outputs, and inputs that do not fit the model.
+_TARGET_SHAPE_ERRORS = (
+    "size mismatch (got input",
+    "only batches of spatial targets supported",
+    "expected target size",
+    "to match target batch_size",
+)
+_INPUT_SHAPE_ERRORS = ("shapes cannot be multiplied", "channels, but got")
 
 
 def _first_line(err: BaseException) -> str:

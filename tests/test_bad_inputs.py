@@ -1,0 +1,354 @@
+"""Bad inputs across the public API, one table: each raises an exception from ``trainkit.errors`` or a standard
+``ValueError``/``TypeError`` whose message names the argument or the file (never a bare traceback from inside
+torch), and nothing a previous run wrote into the run directory (checkpoints, ``metrics.csv``, plots) changes.
+
+Every case runs in a copy of a real finished run's directory; the files are compared byte for byte afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import io
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import trainkit
+from trainkit.callbacks import ModelCheckpoint
+from trainkit.data import SegmentationDataset, collate, make_shapes
+from trainkit.data.transforms import train_preset
+from trainkit.engine import checkpoint as checkpoint_module
+from trainkit.errors import (
+    CheckpointError,
+    DataError,
+    DecodeError,
+    MaskValueError,
+    NonFiniteLossError,
+    PairingError,
+    TrainingError,
+)
+from trainkit.models import UNet
+
+X = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+Y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+
+@dataclass
+class Ctx:
+    """What a case may use: a copy of a finished run's directory and the dataset folders."""
+
+    run_dir: Path
+    data: Path
+    tmp: Path
+    monkeypatch: pytest.MonkeyPatch
+
+
+def _model(hidden: int = 8) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+def _trainer(ctx: Ctx | None, model: nn.Module | None = None, **kwargs: Any) -> trainkit.Trainer:
+    model = model if model is not None else _model()
+    loss_fn = kwargs.pop("loss_fn", nn.CrossEntropyLoss())
+    optimizer = kwargs.pop("optimizer", None) or torch.optim.SGD(model.parameters(), lr=0.1)
+    kwargs = {"device": "cpu", "progress": False, "amp": False, "run_dir": ctx.run_dir if ctx else None, **kwargs}
+    return trainkit.Trainer(model, optimizer, loss_fn, **kwargs)
+
+
+def _fit(ctx: Ctx, batches: Any, epochs: int = 1, **kwargs: Any) -> None:
+    resume = kwargs.pop("resume", None)
+    _trainer(ctx, **kwargs).fit(batches, epochs=epochs, resume=resume)
+
+
+def _pairs(ctx: Ctx, name: str, **kwargs: Any) -> SegmentationDataset:
+    return SegmentationDataset(ctx.data / name / "images", ctx.data / name / "masks", **kwargs)
+
+
+def _unet_fit(ctx: Ctx, images: torch.Tensor, masks: torch.Tensor) -> None:
+    _fit(ctx, [(images, masks)], model=UNet(3, 2, base_channels=4, depth=2))
+
+
+def _negative_lr_per_step(ctx: Ctx) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / 2)  # negative from step 3
+    trainer = _trainer(ctx, model, optimizer=optimizer, scheduler=scheduler, scheduler_interval="step")
+    trainer.fit([(X, Y)] * 5, epochs=1)
+
+
+def _negative_lr_per_epoch(ctx: Ctx) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5 - epoch)
+    _trainer(ctx, model, optimizer=optimizer, scheduler=scheduler).fit([(X, Y)], epochs=3)
+
+
+def _exhausted_generator(ctx: Ctx) -> None:
+    _trainer(None).fit((batch for batch in [(X, Y)] * 2), epochs=2)  # no run_dir: epoch 1 trains
+
+
+def _truncated_resume(ctx: Ctx) -> None:
+    broken = ctx.tmp / "broken.pt"
+    data = (ctx.run_dir / "checkpoints" / "last.pt").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    _fit(ctx, [(X, Y)], resume=broken)
+
+
+class _DiskFull(io.FileIO):
+    """A checkpoint file that fails like a full disk after 1 kB."""
+
+    def __init__(self, path: str):
+        super().__init__(path, "wb")
+        self.written = 0
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        self.written += len(data)
+        if self.written > 1024:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def _disk_full_while_saving(ctx: Ctx) -> None:
+    save = functools.partial(checkpoint_module.save_checkpoint, opener=_DiskFull)
+    ctx.monkeypatch.setattr(checkpoint_module, "save_checkpoint", save)
+    _fit(ctx, [(X, Y)], epochs=3, resume="last")  # continues the finished 2-epoch run for one more epoch
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[Ctx], Any]:
+    return lambda ctx: fn(*args, **kwargs)
+
+
+@dataclass
+class Case:
+    """A bad input: the call, the exception type and a regex its message must match."""
+
+    id: str
+    call: Callable[[Ctx], Any]
+    error: type[BaseException]
+    match: str
+    grows: tuple[str, ...] = ()  # files a resumed run may append to, and folders it may add files to
+
+
+CASES = [
+    # datasets
+    Case("empty folder", lambda c: _pairs(c, "empty"), DataError, r"`images` folder .*empty.images contains no image"),
+    Case("missing folder", lambda c: _pairs(c, "nope"), DataError, r"`images` folder .*nope.images does not exist"),
+    Case("unpaired files", lambda c: _pairs(c, "unpaired"), PairingError, r"1 image in .* has no mask: lonely\.png"),
+    Case("mask size", lambda c: _pairs(c, "size")[0], DataError, r"a0\.png is 16x16 .* mask .*a0\.png is 8x8"),
+    Case(
+        "num_classes too small",
+        lambda c: _pairs(c, "classes", num_classes=3)[0],
+        MaskValueError,
+        r"a0\.png: mask values \[5\] are outside `num_classes`=3",
+    ),
+    Case(
+        "unknown colour",
+        lambda c: _pairs(c, "colour", color_map={(0, 0, 0): 0, (255, 0, 0): 1})[0],
+        MaskValueError,
+        r"a0\.png: colours \[\(10, 20, 30\)\] are not in `color_map`",
+    ),
+    Case("corrupt image", lambda c: _pairs(c, "corrupt")[0], DecodeError, r"images.a0\.png: cannot decode"),
+    Case("unknown target", lambda c: _pairs(c, "size", target="panoptic"), ValueError, r"`target` must be one of"),
+    Case("make_shapes size", lambda c: make_shapes(c.tmp / "s", n=2, size=8), ValueError, r"`size` must be at least"),
+    Case("preset scale", _call(train_preset, 16, scale=(2.0, 1.0)), ValueError, r"`scale` must be a pair"),
+    # collate
+    Case(
+        "collate shapes",
+        _call(collate, [(torch.zeros(3, 8, 8), torch.zeros(8, 8)), (torch.zeros(3, 9, 9), torch.zeros(9, 9))]),
+        DataError,
+        r"`collate` cannot stack sample\[0\] .*\[3, 8, 8\] \(sample 0\); \[3, 9, 9\] \(sample 1\)",
+    ),
+    # Trainer arguments
+    Case("grad_accum=0", lambda c: _trainer(c, grad_accum=0), ValueError, r"`grad_accum` must be a positive .* got 0"),
+    Case("interval", lambda c: _trainer(c, scheduler_interval="week"), ValueError, r"`scheduler_interval` .*'week'"),
+    Case("amp fp8", lambda c: _trainer(c, amp="fp8"), ValueError, r"`amp='fp8'` is not a precision mode"),
+    Case("device gpu", lambda c: _trainer(c, device="gpu"), ValueError, r"`device='gpu'` is not a device"),
+    Case("device cuda:7", lambda c: _trainer(c, device="cuda:7"), ValueError, r"`device='cuda:7'`"),
+    Case("model", lambda c: trainkit.Trainer(print, None), TypeError, r"`model` must be a torch\.nn\.Module"),
+    Case("optimizer", lambda c: _trainer(c, optimizer=[1]), TypeError, r"`optimizer` must be a torch\.optim\.Opt"),
+    Case("callbacks", lambda c: _trainer(c, callbacks=[object()]), TypeError, r"callbacks must subclass `trainkit"),
+    Case("every_n_steps", _call(ModelCheckpoint, every_n_steps=0), ValueError, r"`every_n_steps` must be a positive"),
+    Case(
+        "dirpath outside",
+        lambda c: _fit(c, [(X, Y)], callbacks=[ModelCheckpoint("../elsewhere")]),
+        ValueError,
+        r"`ModelCheckpoint\(dirpath='\.\./elsewhere'\)` is outside run_dir",
+    ),
+    Case("seed", lambda c: _fit(c, [(X, Y)], seed="x"), ValueError, r"`seed` must be an integer"),
+    Case("epochs=0", lambda c: _fit(c, [(X, Y)], epochs=0), ValueError, r"`epochs` must be a positive integer, got 0"),
+    Case(
+        "empty loader",
+        lambda c: _fit(c, DataLoader(TensorDataset(X[:3], Y[:3]), batch_size=4, drop_last=True)),
+        ValueError,
+        r"`train_loader` yields no batches \(dataset of 3 samples\)",
+    ),
+    Case("used-up generator", _exhausted_generator, ValueError, r"yielded no batches in epoch 2; an iterator or gen"),
+    # batches that do not fit the model or the loss
+    Case(
+        "3-D images to a UNet",
+        lambda c: _unet_fit(c, torch.rand(3, 16, 16), torch.zeros(16, 16, dtype=torch.long)),
+        ValueError,
+        r"UNet expects a batch \[N, C, H, W\], got a 3-D tensor",
+    ),
+    Case(
+        "mask with a channel dim",
+        lambda c: _unet_fit(c, torch.rand(2, 3, 16, 16), torch.zeros(2, 1, 16, 16, dtype=torch.long)),
+        TrainingError,
+        r"training step 0 \(batch 0\) failed: the targets' shape does not fit .* `loss_fn`.*squeeze\(1\)",
+    ),
+    Case(
+        "mask of another size",
+        lambda c: _unet_fit(c, torch.rand(2, 3, 16, 16), torch.zeros(2, 8, 8, dtype=torch.long)),
+        TrainingError,
+        r"the targets' shape does not fit the model's outputs .*Original error: size mismatch",
+    ),
+    Case(
+        "batch sizes differ",
+        lambda c: _fit(c, [(X, Y[:5])]),
+        TrainingError,
+        r"the targets' shape does not fit .*Expected input batch_size \(8\) to match target batch_size \(5\)",
+    ),
+    Case(
+        "features",
+        lambda c: _fit(c, [(torch.randn(8, 5), Y)]),
+        TrainingError,
+        r"the inputs' shape does not fit the model: .*`in_features`.*\(8x5 and 6x8\)",
+    ),
+    Case(
+        "class id >= outputs",
+        lambda c: _fit(c, [(X, torch.full((8,), 3))]),
+        TrainingError,
+        r"a target class id is >= the number of output channels; check `num_classes`",
+    ),
+    Case(
+        "3-tuples",
+        lambda c: _fit(c, [(X, Y, Y)]),
+        TypeError,
+        r"the default step expects \(inputs, targets\) batches, got a 3-sequence",
+    ),
+    Case(
+        "inf loss",
+        lambda c: _fit(c, [(X, Y), (X * float("inf"), Y)]),
+        NonFiniteLossError,
+        r"loss is (nan|inf) at step 1 \(epoch 1, batch 1\).*`on_nan='skip'`",
+    ),
+    # learning rate driven negative by the scheduler
+    Case(
+        "negative lr (step)",
+        _negative_lr_per_step,
+        ValueError,
+        r"the `scheduler` set the learning rate of param group 0 to -0\.05 after optimizer step 3",
+    ),
+    Case(
+        "negative lr (epoch)",
+        _negative_lr_per_epoch,
+        ValueError,
+        r"the `scheduler` set the learning rate of param group 0 to -0\.05 after epoch 1; .*`LambdaLR`",
+    ),
+    # run directories and checkpoints
+    Case(
+        "run_dir under a file",
+        lambda c: _fit(c, [(X, Y)], run_dir=c.run_dir / "metrics.csv" / "run"),
+        ValueError,
+        r"`run_dir='.*metrics\.csv/run'` cannot be created",
+    ),
+    Case("resume missing", lambda c: _fit(c, [(X, Y)], resume=c.tmp / "nope.pt"), CheckpointError, r"nope\.pt does no"),
+    Case(
+        "resume last without run_dir",
+        lambda c: _fit(c, [(X, Y)], run_dir=None, resume="last"),
+        ValueError,
+        r"`resume='last'` needs `run_dir`",
+    ),
+    Case("resume=3", lambda c: _fit(c, [(X, Y)], resume=3), TypeError, r"`resume` must be a checkpoint path.* got int"),
+    Case(
+        "resume other architecture",
+        lambda c: _fit(c, [(X, Y)], model=_model(hidden=16), resume="last"),
+        CheckpointError,
+        r"last\.pt does not fit Sequential: 3 shape mismatch\(es\): 0\.weight: checkpoint \(8, 6\) vs model \(16, 6\)",
+    ),
+    Case(
+        "resume truncated", _truncated_resume, CheckpointError, r"broken\.pt is truncated or not a PyTorch checkpoint"
+    ),
+    Case(
+        "disk full",
+        _disk_full_while_saving,
+        CheckpointError,
+        r"could not write checkpoint .*(best|last)\.pt \(No space left on device\); the previous checkpoint there",
+        grows=("metrics.csv", "tensorboard/"),
+    ),
+]
+
+
+def _image(path: Path, size: tuple[int, int] = (16, 16)) -> None:
+    Image.fromarray(np.zeros((*size, 3), np.uint8)).save(path)
+
+
+def _folder(root: Path, name: str, mask: np.ndarray | None = None, extra_image: bool = False) -> Path:
+    images, masks = root / name / "images", root / name / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    _image(images / "a0.png")
+    Image.fromarray(mask if mask is not None else np.ones((16, 16), np.uint8)).save(masks / "a0.png")
+    if extra_image:
+        _image(images / "lonely.png")
+    return images
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("folders")
+    for name in ("empty/images", "empty/masks"):
+        (root / name).mkdir(parents=True)
+    _folder(root, "unpaired", extra_image=True)
+    _folder(root, "size", mask=np.ones((8, 8), np.uint8))
+    _folder(root, "classes", mask=np.full((16, 16), 5, np.uint8))
+    _folder(root, "colour", mask=np.full((16, 16, 3), (10, 20, 30), np.uint8))
+    (_folder(root, "corrupt") / "a0.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-epoch run: metrics.csv, checkpoints/last.pt and best.pt, curves.png (and TensorBoard events)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    _trainer(None, run_dir=run_dir).fit(DataLoader(TensorDataset(X, Y), batch_size=4), epochs=2)
+    return run_dir
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_table_has_at_least_20_distinct_cases() -> None:
+    assert len(CASES) >= 20 and len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_raises_a_clear_error_and_keeps_what_was_written(
+    case: Case, data: Path, finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = _snapshot(run_dir)
+    with pytest.raises(case.error, match=case.match) as raised:
+        case.call(Ctx(run_dir=run_dir, data=data, tmp=tmp_path, monkeypatch=monkeypatch))
+    assert type(raised.value).__module__ in ("builtins", "trainkit.errors")
+    after = _snapshot(run_dir)
+    for name in case.grows:  # a resumed run may add its rows and events, never drop the earlier ones
+        if name.endswith("/"):
+            after = {k: v for k, v in after.items() if not k.startswith(name) or k in before}
+        else:
+            assert after.pop(name).startswith(before.pop(name))
+    assert after == before
+    assert not (tmp_path / "elsewhere").exists()
