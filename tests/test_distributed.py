@@ -30,15 +30,9 @@ from torch.utils.data.distributed import DistributedSampler
 import ddp_script as script
 import trainkit
 from trainkit.callbacks import Callback, ModelCheckpoint
-from trainkit.engine.distributed import (
-    DistributedContext,
-    ShardedBatches,
-    ShardSampler,
-    check_ddp_kwargs,
-    local_device,
-    torchrun_env,
-)
+from trainkit.engine.distributed import DistributedContext, check_ddp_kwargs, local_device, torchrun_env
 from trainkit.engine.loops import evaluate
+from trainkit.engine.sharding import ShardedBatches, ShardSampler
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")

@@ -8,17 +8,17 @@ PyTorch does the distribution; this module only does the bookkeeping. When ``tor
   (visible as ``trainer.model``; ``trainer.module`` is the user's model);
 * shards the training loader with ``DistributedSampler`` (shuffling kept, padded with repeated
   samples to equal length so every rank takes the same number of steps) and the evaluation loader
-  with :class:`ShardSampler`, which never pads, so no sample is counted twice in metrics;
+  with :class:`~trainkit.engine.sharding.ShardSampler`, which never pads, so no sample is counted
+  twice in metrics (see :mod:`trainkit.engine.sharding`);
 * sums loss totals and metric counts across ranks, so every rank reports the same values.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +26,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    IterableDataset,
-    RandomSampler,
-    Sampler,
-    SequentialSampler,
-    SubsetRandomSampler,
-)
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
-from trainkit.engine.resumable import ResumableBatchSampler, rebuild_loader
+from trainkit.engine.sharding import ShardSampler, eval_sampler, shard_eval_loader, train_sampler
 from trainkit.errors import CheckpointError
 
-__all__ = ["DistributedContext", "ShardSampler", "ShardedBatches", "check_ddp_kwargs", "local_device", "torchrun_env"]
+__all__ = ["DistributedContext", "check_ddp_kwargs", "local_device", "torchrun_env"]
 
 # Arguments of DistributedDataParallel that the Trainer sets itself.
 _OWN_DDP_ARGS = ("module", "device_ids", "output_device")
@@ -96,64 +87,6 @@ def check_ddp_kwargs(ddp_kwargs: Mapping[str, Any]) -> None:
                 f"`ddp_kwargs` has {name!r}, which `DistributedDataParallel` does not take; accepted: "
                 f"{', '.join(accepted)}"
             )
-
-
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...`` of a dataset: disjoint, unpadded shards for evaluation.
-
-    Ranks may get one sample more or less than each other; evaluation sums counts across ranks,
-    so the result equals a single-process pass over the same data exactly.
-
-    Args:
-        data_source: the dataset (only its length is used when ``base`` is not given).
-        num_replicas: the world size.
-        rank: this process's rank, ``0 <= rank < num_replicas``.
-        base: the indices to shard (e.g. a subset's); by default ``range(len(data_source))``.
-            It must give the same order on every rank.
-
-    Example:
-        >>> list(ShardSampler(range(5), num_replicas=2, rank=1))
-        [1, 3]
-    """
-
-    def __init__(self, data_source: Sized, num_replicas: int, rank: int, base: Iterable[int] | None = None):
-        _check_shard(num_replicas, rank)
-        self.data_source, self.num_replicas, self.rank = data_source, num_replicas, rank
-        self.base = base
-
-    def __iter__(self) -> Iterator[int]:
-        order = list(self.base) if self.base is not None else range(len(self.data_source))
-        return iter(order[self.rank :: self.num_replicas])
-
-    def __len__(self) -> int:
-        n = len(self.base) if self.base is not None else len(self.data_source)  # type: ignore[arg-type]
-        return max(0, math.ceil((n - self.rank) / self.num_replicas))
-
-
-class ShardedBatches:
-    """Batches ``rank, rank + world, ...`` of any iterable of batches: evaluation sharding for loaders
-    that cannot be rebuilt with a sampler (an ``IterableDataset``, a custom ``batch_sampler``, a list).
-
-    Every rank still iterates (and loads) the whole loader, but runs the model on its batches only;
-    the shards are disjoint, so summed counts equal a single-process pass.
-
-    Example:
-        >>> list(ShardedBatches(["a", "b", "c"], num_replicas=2, rank=0))
-        ['a', 'c']
-    """
-
-    def __init__(self, batches: Iterable[Any], num_replicas: int, rank: int):
-        _check_shard(num_replicas, rank)
-        self.batches, self.num_replicas, self.rank = batches, num_replicas, rank
-
-    def __iter__(self) -> Iterator[Any]:
-        for i, batch in enumerate(self.batches):
-            if i % self.num_replicas == self.rank:
-                yield batch
-
-    def __len__(self) -> int:
-        n = len(self.batches)  # type: ignore[arg-type]  # TypeError when the loader has no length, as for it
-        return max(0, math.ceil((n - self.rank) / self.num_replicas))
 
 
 @dataclass
@@ -246,83 +179,34 @@ class DistributedContext:
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
 
     def train_sampler(self, loader: DataLoader[Any], seed: int) -> Sampler[int] | None:
-        """A ``DistributedSampler`` replacing the loader's default sampler, or ``None`` to keep the loader's.
-
-        ``shuffle=True`` (a ``RandomSampler``) becomes a sampler shuffled by ``seed`` and the epoch;
-        ``shuffle=False`` keeps the dataset order. The dataset is padded with repeated samples to a
-        multiple of the world size, so every rank takes the same number of steps. A sampler that
-        already knows the ranks (it has ``num_replicas``, like ``DistributedSampler``) is kept; any
-        other sampler or batch sampler is kept too, with a warning that it is not sharded.
+        """A ``DistributedSampler`` for the training loader, or ``None`` to keep its own (see :func:`train_sampler`).
 
         Example:
             >>> DistributedContext.single().train_sampler(DataLoader(range(4)), seed=0) is None
             True
         """
-        if not self.enabled or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
-            return None
-        batch_sampler = _inner_batch_sampler(loader)
-        if batch_sampler is None or _rank_aware(loader.sampler) or _rank_aware(batch_sampler):
-            return None
-        if type(batch_sampler) is not BatchSampler or _whole_dataset(loader.sampler) not in ("ordered", "shuffled"):
-            custom = type(batch_sampler if type(batch_sampler) is not BatchSampler else loader.sampler).__name__
-            warnings.warn(
-                f"under DDP trainkit shards a DataLoader's default sampler only (`shuffle=True/False`); this training "
-                f"loader's {custom} is used as it is on every rank, so the ranks do not split the data. Give the "
-                "loader a sampler that yields this rank's share with the same length on every rank (e.g. "
-                "`Subset(dataset, indices)` with `shuffle=True` instead of a `SubsetRandomSampler`)",
-                stacklevel=3,
-            )
-            return None
-        return DistributedSampler(
-            loader.dataset,
-            num_replicas=self.world_size,
-            rank=self.rank,
-            shuffle=_whole_dataset(loader.sampler) == "shuffled",
-            seed=seed,
-            drop_last=False,
-        )
+        return train_sampler(loader, self.world_size, self.rank, seed) if self.enabled else None
 
-    def eval_sampler(self, loader: DataLoader[Any]) -> Sampler[int] | None:
+    def eval_sampler(self, loader: DataLoader[Any]) -> ShardSampler | None:
         """A :class:`ShardSampler` over the samples the loader visits (``None`` when single-process).
-
-        A loader that visits the whole dataset (``shuffle=True/False`` or a ``DistributedSampler``,
-        whose padding is dropped) is sharded in dataset order; a ``SubsetRandomSampler`` by its sorted
-        indices; any other sampler by its own order, which must then be the same on every rank.
 
         Example:
             >>> DistributedContext.single().eval_sampler(DataLoader(range(4))) is None
             True
         """
-        if not self.enabled:
-            return None
-        sampler = loader.sampler
-        if _whole_dataset(sampler) is not None or isinstance(sampler, DistributedSampler):
-            base: Iterable[int] | None = None
-        elif type(sampler) is SubsetRandomSampler:
-            base = sorted(int(i) for i in sampler.indices)
-        else:
-            base = sampler
-        return ShardSampler(loader.dataset, self.world_size, self.rank, base=base)
+        return eval_sampler(loader, self.world_size, self.rank) if self.enabled else None
 
     def shard_eval_loader(self, loader: Iterable[Any], *, pin_memory: bool = False) -> Iterable[Any]:
-        """This rank's disjoint, unpadded share of an evaluation loader (the loader itself when single-process).
-
-        A ``DataLoader`` with a plain batch sampler is rebuilt around :func:`eval_sampler`; anything
-        else is wrapped in :class:`ShardedBatches`. Sharding an already sharded loader returns it.
+        """This rank's disjoint, unpadded share of an evaluation loader (see :func:`shard_eval_loader`).
 
         Example:
             >>> loader = DataLoader(range(4), batch_size=2)
             >>> DistributedContext.single().shard_eval_loader(loader) is loader
             True
         """
-        if not self.enabled or _is_sharded(loader):
+        if not self.enabled:
             return loader
-        map_style = isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
-        if map_style and type(_inner_batch_sampler(loader)) is BatchSampler:
-            rebuilt = rebuild_loader(loader, sampler=self.eval_sampler(loader), pin_memory=pin_memory)
-            if rebuilt is not None:
-                return rebuilt
-        return ShardedBatches(loader, self.world_size, self.rank)
+        return shard_eval_loader(loader, self.world_size, self.rank, pin_memory=pin_memory)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over all ranks (a new tensor; the input is not changed).
@@ -442,37 +326,3 @@ def _restart_safe_store(world_size: int) -> dist.Store | None:
         os.environ.get("MASTER_ADDR", "localhost"), int(os.environ["MASTER_PORT"]), world_size, is_master=False
     )
     return dist.PrefixStore(f"trainkit/attempt_{restart}", agent_store)
-
-
-def _check_shard(num_replicas: Any, rank: Any) -> None:
-    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
-        raise ValueError(f"`num_replicas` must be a positive integer, got {num_replicas!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
-        raise ValueError(
-            f"`rank` must be an integer in [0, {num_replicas}) for `num_replicas={num_replicas}`, got {rank!r}"
-        )
-
-
-def _inner_batch_sampler(loader: DataLoader[Any]) -> Any:
-    batch_sampler = loader.batch_sampler
-    return batch_sampler.batch_sampler if isinstance(batch_sampler, ResumableBatchSampler) else batch_sampler
-
-
-def _rank_aware(sampler: Any) -> bool:
-    return isinstance(sampler, DistributedSampler) or hasattr(sampler, "num_replicas")
-
-
-def _whole_dataset(sampler: Any) -> str | None:
-    """``"ordered"`` / ``"shuffled"`` for a DataLoader's default samplers, ``None`` for any other sampler."""
-    if type(sampler) is SequentialSampler:
-        return "ordered"
-    if type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(sampler.data_source):
-        return "shuffled"
-    return None
-
-
-def _is_sharded(loader: Any) -> bool:
-    if isinstance(loader, ShardedBatches):
-        return True
-    inner = _inner_batch_sampler(loader) if isinstance(loader, DataLoader) else None
-    return isinstance(getattr(inner, "sampler", None), ShardSampler)
