@@ -163,3 +163,16 @@ def test_collate_instances_in_a_worker_packs_each_dtype_into_one_shared_block(
     assert targets[1]["boxes"].tolist() == [[2.0] * 4] * 2 and targets[1]["labels"].tolist() == [0, 1]
     assert targets[0]["masks"].dtype == torch.bool and int(targets[1]["masks"].sum()) == 48
     assert targets[1]["image_id"] == 2  # non-tensors pass through
+
+
+@pytest.mark.slow
+def test_instance_batches_from_workers_equal_those_of_the_main_process(tmp_path: Path) -> None:
+    layout = layouts.penn_fudan(tmp_path, n=4)
+    ds = SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask", target="instance")
+    single = list(DataLoader(ds, batch_size=2, collate_fn=collate_instances))
+    workers = list(DataLoader(ds, batch_size=2, collate_fn=collate_instances, num_workers=2))
+    for (images_a, targets_a), (images_b, targets_b) in zip(single, workers, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(images_a, images_b, strict=True))
+        for a, b in zip(targets_a, targets_b, strict=True):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+            assert type(b["boxes"]) is tv_tensors.BoundingBoxes and type(b["masks"]) is tv_tensors.Mask
