@@ -74,6 +74,14 @@ def test_instance_labels_map_objects_and_drop_ignore(tmp_path: Path) -> None:
     assert ignored[2][1]["masks"].shape[0] == 2  # objects 1 and 3; 2 is "ignore"
 
 
+def test_negative_index_is_the_same_sample(tmp_path: Path) -> None:
+    layout = layouts.penn_fudan(tmp_path, n=3)
+    ds = SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask", target="instance")
+    assert ds[-1][1]["image_id"].item() == 2 and torch.equal(ds[-1][1]["masks"], ds[2][1]["masks"])
+    with pytest.raises(IndexError):
+        ds[3]
+
+
 def test_penn_fudan_semantic_target_is_the_raw_ids(tmp_path: Path) -> None:
     layout = layouts.penn_fudan(tmp_path, n=2)
     ds = SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask")

@@ -98,13 +98,17 @@ def _read_tiff(path: Path) -> np.ndarray:
                 raise DecodeError(f"{path}: a TIFF page with axes {axes!r} is not a 2-D image; save it as [H, W, C]")
             return array
     try:
-        with Image.open(path) as image:
-            image.seek(0)
+        with Image.open(path) as image:  # the first page
             return np.array(image)
     except Exception as err:
-        if codec_error is not None or _is_missing_codec(err) or isinstance(err, UnidentifiedImageError):
+        if codec_error is not None or _is_missing_codec(err):
             raise DecodeError(
                 f"{path}: this TIFF needs a codec that is not installed ({codec_error or err}); {_TIFF_HINT}"
+            ) from err
+        if tifffile is None and isinstance(err, UnidentifiedImageError):
+            raise DecodeError(
+                f"{path}: Pillow cannot read this TIFF ({err}); it is corrupt, or compressed with a codec only "
+                f"tifffile reads: {_TIFF_HINT}"
             ) from err
         raise _decode_error(path, err) from err
 

@@ -13,6 +13,7 @@ Contract of a sample ``image, target = ds[i]``:
 from __future__ import annotations
 
 import csv
+import operator
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -164,7 +165,8 @@ class SegmentationDataset(Dataset[Sample]):
         Example:
             >>> image, mask = ds[0]  # doctest: +SKIP
         """
-        image_path, mask_path = self.samples[index]
+        image_path, mask_path = self.samples[index]  # IndexError when out of range, as for a list
+        index = operator.index(index) % len(self.samples)  # ds[-1] gets the seed and image_id of the last sample
         image = read_image(image_path, self.channels)
         raw = read_mask(mask_path, rgb=self.encoding.color_map is not None)
         if tuple(image.shape[-2:]) != raw.shape[:2]:
