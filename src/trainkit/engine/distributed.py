@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 from torch.utils.data import DataLoader, Sampler
 
 from trainkit.engine.sharding import ShardSampler, eval_sampler, shard_eval_loader, train_sampler
@@ -119,13 +120,17 @@ class DistributedContext:
         """Join the torchrun group (initialising it when needed) or return a single-process context.
 
         ``device`` is this rank's device (see :func:`local_device`): CUDA selects ``nccl``, anything
-        else ``gloo``. A group the user initialised is used as it is.
+        else ``gloo``; a CUDA device becomes the current device. A group the user initialised is used
+        as it is. Under ``torchrun --max-restarts`` each restart attempt gets its own keys in torchrun's
+        store (see :func:`_restart_safe_store`).
 
         Example:
             >>> DistributedContext.detect(torch.device("cpu")).world_size >= 1
             True
         """
         if dist.is_available() and dist.is_initialized():
+            if device.type == "cuda" and device.index is not None:
+                torch.cuda.set_device(device)  # collectives of Python objects (checkpoints, metrics) use it
             return cls(dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_world_size())
         env = torchrun_env()
         if env is None or env["world_size"] <= 1 or not dist.is_available():
@@ -317,12 +322,14 @@ def _restart_safe_store(world_size: int) -> dist.Store | None:
     torchrun lends its rendezvous TCPStore to the workers (``TORCHELASTIC_USE_AGENT_STORE=True``) and keeps it
     across restarts with the previous attempt's keys still in it; with ``env://`` the restarted ranks read the
     dead workers' addresses and fail to connect ("Gloo connectFullMesh failed"). Prefixing the keys with
-    ``TORCHELASTIC_RESTART_COUNT`` gives every attempt fresh ones.
+    ``TORCHELASTIC_RESTART_COUNT`` gives every attempt fresh ones. That count is kept by each node's agent, so
+    it agrees across nodes when all of them restart their workers, which a single node always does; for
+    multi-node elastic runs the docs recommend ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a fresh store every
+    round, and then this function is not used).
     """
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart is None or "MASTER_PORT" not in os.environ:
         return None
-    agent_store = dist.TCPStore(
-        os.environ.get("MASTER_ADDR", "localhost"), int(os.environ["MASTER_PORT"]), world_size, is_master=False
-    )
+    host, port = os.environ.get("MASTER_ADDR", "localhost"), int(os.environ["MASTER_PORT"])
+    agent_store = dist.TCPStore(host, port, world_size, is_master=False, timeout=default_pg_timeout)
     return dist.PrefixStore(f"trainkit/attempt_{restart}", agent_store)
