@@ -117,7 +117,7 @@ def train_sampler(loader: Any, num_replicas: int, rank: int, seed: int) -> Sampl
             f"loader's {custom} is used as it is on every rank, so the ranks do not split the data. Give the "
             "loader a sampler that yields this rank's share with the same length on every rank (e.g. "
             "`Subset(dataset, indices)` with `shuffle=True` instead of a `SubsetRandomSampler`)",
-            stacklevel=4,
+            stacklevel=5,  # the user line that called fit
         )
         return None
     return DistributedSampler(

@@ -74,8 +74,9 @@ class Trainer:
         channels_last: use the channels-last memory format for the model and 4-D inputs.
         compile: ``torch.compile`` the model (``True`` or a dict of ``torch.compile`` options).
         ddp_kwargs: options for ``DistributedDataParallel`` (``find_unused_parameters``,
-            ``static_graph``, ``gradient_as_bucket_view``, ...).
-        sync_batchnorm: convert BatchNorm layers to ``SyncBatchNorm`` under DDP.
+            ``static_graph``, ``gradient_as_bucket_view``, ...), checked in every run.
+        sync_batchnorm: convert BatchNorm layers to ``SyncBatchNorm`` under DDP (CUDA only). See
+            ``docs/distributed.md`` for what changes under ``torchrun``.
 
     Attributes:
         model: what is trained (the user's module, possibly wrapped in DDP / ``torch.compile``).
