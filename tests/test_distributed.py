@@ -33,6 +33,7 @@ from trainkit.callbacks import Callback, ModelCheckpoint
 from trainkit.engine.distributed import DistributedContext, check_ddp_kwargs, local_device, torchrun_env
 from trainkit.engine.loops import evaluate
 from trainkit.engine.sharding import ShardedBatches, ShardSampler
+from trainkit.errors import CheckpointError
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
@@ -318,6 +319,20 @@ def test_sync_batchnorm_on_the_cpu_is_refused_with_the_fix() -> None:
     ctx = DistributedContext(rank=0, world_size=2)  # raises before any collective: no process group needed
     with pytest.raises(ValueError, match=r"`sync_batchnorm=True` needs CUDA.*`sync_batchnorm=False`"):
         ctx.wrap_model(nn.BatchNorm2d(2), torch.device("cpu"), sync_batchnorm=True)
+
+
+def test_file_on_main_needs_a_filesystem_every_rank_shares(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = DistributedContext(rank=1, world_size=2)
+    rank0_sees_it = torch.tensor([1.0, 1.0], dtype=torch.float64)  # rank 0's [file on main, file here]
+    monkeypatch.setattr(ctx, "all_reduce_sum", lambda t: t + rank0_sees_it)
+    with pytest.raises(
+        CheckpointError, match=r"exists on rank 0 but 1 of 2 ranks cannot read it.*filesystem that all nodes share"
+    ):
+        ctx.file_on_main(tmp_path / "last.pt", torch.device("cpu"))
+    (tmp_path / "last.pt").write_bytes(b"x")
+    assert ctx.file_on_main(tmp_path / "last.pt", torch.device("cpu")) is True
+    monkeypatch.setattr(ctx, "all_reduce_sum", lambda t: t)  # rank 0 does not see it: nobody resumes
+    assert ctx.file_on_main(tmp_path / "last.pt", torch.device("cpu")) is False
 
 
 def test_epoch_state_of_picks_this_ranks_sums_or_restarts_the_epoch() -> None:
