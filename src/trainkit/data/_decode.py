@@ -31,7 +31,7 @@ try:
 except ImportError:  # a torchvision that dropped its decoders: Pillow decodes everything
     ImageReadMode = decode_image = None  # type: ignore[assignment,misc]
 
-__all__ = ["IMAGE_EXTENSIONS", "pixel_format", "read_image", "read_mask"]
+__all__ = ["IMAGE_EXTENSIONS", "check_channels", "pixel_format", "read_image", "read_mask"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 """File extensions (lower case) that are listed as images or masks; everything else in a folder is ignored."""
@@ -175,6 +175,12 @@ def _png_values_decodable(data: np.ndarray) -> bool:
             return (color == 0 and depth in (8, 16)) or (color == 3 and depth == 8)
         pos += 12 + length
     return False
+
+
+def check_channels(channels: int) -> None:
+    """Raise ``ValueError`` unless ``channels`` is a count :func:`read_image` produces."""
+    if channels not in _READ_MODES:
+        raise ValueError(f"`channels` must be 1 (gray), 3 (RGB) or 4 (RGBA), got {channels!r}")
 
 
 def read_image(path: Path, channels: int = 3) -> torch.Tensor:

@@ -20,12 +20,13 @@ import numpy as np
 
 from trainkit.errors import MaskValueError
 
-__all__ = ["MaskEncoding", "runs"]
+__all__ = ["MaskEncoding", "is_int", "runs"]
 
 _SHOWN = 8  # offending values named in a message
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """Whether ``value`` is a Python or NumPy integer (``bool`` excluded), for argument checks."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -66,9 +67,9 @@ class MaskEncoding:
     ) -> None:
         if color_map is not None and value_map is not None:
             raise ValueError("give either `color_map` (colour masks) or `value_map` (single-channel masks), not both")
-        if ignore_index is not None and (not _is_int(ignore_index) or ignore_index < 0):
+        if ignore_index is not None and (not is_int(ignore_index) or ignore_index < 0):
             raise ValueError(f"`ignore_index` must be an integer >= 0 or None, got {ignore_index!r}")
-        if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
+        if num_classes is not None and (not is_int(num_classes) or num_classes < 1):
             raise ValueError(f"`num_classes` must be a positive integer or None, got {num_classes!r}")
         self.ignore_index = ignore_index
         self.num_classes = num_classes
@@ -102,9 +103,9 @@ class MaskEncoding:
         checked: dict[tuple[int, int, int], int] = {}
         for colour, class_id in color_map.items():
             rgb = tuple(colour) if isinstance(colour, (tuple, list)) else ()
-            if len(rgb) != 3 or not all(_is_int(c) and 0 <= c <= 255 for c in rgb):
+            if len(rgb) != 3 or not all(is_int(c) and 0 <= c <= 255 for c in rgb):
                 raise ValueError(f"`color_map` keys must be (r, g, b) tuples of 0..255, got {colour!r}")
-            if not _is_int(class_id) or class_id < 0:
+            if not is_int(class_id) or class_id < 0:
                 raise ValueError(f"`color_map` values must be class ids >= 0, got {class_id!r} for {colour!r}")
             checked[(int(rgb[0]), int(rgb[1]), int(rgb[2]))] = int(class_id)
         return checked
@@ -114,9 +115,9 @@ class MaskEncoding:
         if not isinstance(value_map, Mapping) or not value_map:
             raise ValueError(f"`value_map` must be a non-empty dict {{raw_value: class_id}}, got {value_map!r}")
         for raw, class_id in value_map.items():
-            if not _is_int(raw) or not 0 <= raw < 2**24:
+            if not is_int(raw) or not 0 <= raw < 2**24:
                 raise ValueError(f"`value_map` keys must be raw mask values in [0, 2**24), got {raw!r}")
-            if not _is_int(class_id) or class_id < 0:
+            if not is_int(class_id) or class_id < 0:
                 raise ValueError(f"`value_map` values must be class ids >= 0, got {class_id!r} for {raw!r}")
         return {int(raw): int(class_id) for raw, class_id in value_map.items()}
 

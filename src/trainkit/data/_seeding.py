@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
+from trainkit.data._encoding import is_int
+
 __all__ = ["check_epoch", "sample_rng", "sample_seed", "set_epoch"]
 
 _MASK64 = (1 << 64) - 1
@@ -88,7 +90,7 @@ def check_epoch(epoch: int) -> int:
         >>> check_epoch(3)
         3
     """
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+    if not is_int(epoch) or epoch < 0:
         raise ValueError(f"`epoch` must be an integer >= 0, got {epoch!r}")
     return int(epoch)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
+from trainkit.data._encoding import is_int
 from trainkit.errors import MaskValueError
 
 __all__ = ["binary_target", "instance_target", "label_table", "object_ids", "semantic_target"]
@@ -67,9 +68,7 @@ def label_table(instance_labels: Mapping[int, int] | None, num_classes: int | No
     if not isinstance(instance_labels, Mapping) or not instance_labels:
         raise ValueError(f"`instance_labels` must be a non-empty dict {{object_id: class}}, got {instance_labels!r}")
     for object_id, label in instance_labels.items():
-        ok_id = isinstance(object_id, (int, np.integer)) and not isinstance(object_id, bool) and object_id >= 0
-        ok_label = isinstance(label, (int, np.integer)) and not isinstance(label, bool) and label >= 0
-        if not ok_id or not ok_label:
+        if not (is_int(object_id) and object_id >= 0 and is_int(label) and label >= 0):
             raise ValueError(f"`instance_labels` maps object ids to classes (ints >= 0), got {object_id!r}: {label!r}")
         if num_classes is not None and label >= num_classes:
             raise ValueError(

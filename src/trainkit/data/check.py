@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainkit.data._decode import pixel_format, read_image, read_mask
-from trainkit.data._encoding import MaskEncoding
+from trainkit.data._decode import check_channels, pixel_format, read_image, read_mask
+from trainkit.data._encoding import MaskEncoding, is_int
 from trainkit.data._pairing import ambiguous_message, find_pairs, list_image_files, unpaired_message
 from trainkit.errors import DataError
 
@@ -150,9 +150,8 @@ def check(
         >>> report.ok  # doctest: +SKIP
         True
     """
-    if channels not in (1, 3, 4):
-        raise ValueError(f"`channels` must be 1 (gray), 3 (RGB) or 4 (RGBA), got {channels!r}")
-    if max_files is not None and (isinstance(max_files, bool) or not isinstance(max_files, int) or max_files < 1):
+    check_channels(channels)
+    if max_files is not None and (not is_int(max_files) or max_files < 1):
         raise ValueError(f"`max_files` must be a positive integer or None, got {max_files!r}")
     encoding = MaskEncoding(
         color_map=color_map, value_map=value_map, ignore_index=ignore_index, num_classes=num_classes

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from trainkit.data._decode import read_image, read_mask
-from trainkit.data._encoding import MaskEncoding
+from trainkit.data._decode import check_channels, read_image, read_mask
+from trainkit.data._encoding import MaskEncoding, is_int
 from trainkit.data._pairing import pair_files
 from trainkit.data._seeding import check_epoch, sample_rng
 from trainkit.data._targets import binary_target, instance_target, label_table, semantic_target
@@ -97,15 +97,14 @@ class SegmentationDataset(Dataset[Sample]):
     ) -> None:
         if target not in TARGETS:
             raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}")
-        if channels not in (1, 3, 4):
-            raise ValueError(f"`channels` must be 1 (gray), 3 (RGB) or 4 (RGBA), got {channels!r}")
+        check_channels(channels)
         if threshold is not None and target != "binary":
             raise ValueError(f"`threshold` applies to `target='binary'` only, got `target={target!r}`")
         if instance_labels is not None and target != "instance":
             raise ValueError(f"`instance_labels` applies to `target='instance'` only, got `target={target!r}`")
         if transforms is not None and not callable(transforms):
             raise TypeError(f"`transforms` must be callable(image, target) -> (image, target), got {transforms!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and not is_int(seed):
             raise ValueError(f"`seed` must be an integer or None, got {seed!r}")
         self.images = Path(images)
         self.masks = Path(masks)
