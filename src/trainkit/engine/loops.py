@@ -43,6 +43,8 @@ from trainkit.utils.device import move_to_device
 
 __all__ = ["LoopState", "evaluate", "predict", "train_one_epoch"]
 
+_NO_BAD_BATCH = 2**62  # `LoopState.nonfinite_at` while every loss of the epoch was finite
+
 
 @dataclass
 class LoopState:
@@ -398,7 +400,7 @@ def raise_if_nonfinite(state: LoopState) -> None:
     if state.nonfinite_at is None:
         return
     at = int(state.nonfinite_at.item())
-    if at >= 0:
+    if at != _NO_BAD_BATCH:
         raise NonFiniteLossError(
             f"loss is NaN or infinite at epoch {state.epoch + 1}, batch {at} of the epoch; lower the learning rate, "
             "clip gradients (`clip_grad_norm=1.0`), check the inputs for NaN, or pass `on_nan='skip'`"
@@ -417,12 +419,10 @@ def _finite_or_record(loss: torch.Tensor, state: LoopState, check_now: bool, on_
             f"batch {state.batch_idx}); lower the learning rate, clip gradients (`clip_grad_norm=1.0`), check the "
             "inputs for NaN, or pass `on_nan='skip'`"
         )
-    # Accelerators: remember the first bad batch on the device; read at the next refresh.
-    bad = ~torch.isfinite(loss.detach()).all()
-    here = torch.full((), state.batch_idx, dtype=torch.int64, device=loss.device)
-    if state.nonfinite_at is None:
-        state.nonfinite_at = torch.full((), -1, dtype=torch.int64, device=loss.device)
-    state.nonfinite_at = torch.where(bad & (state.nonfinite_at < 0), here, state.nonfinite_at)
+    # Accelerators: keep the first bad batch's index on the device (a running minimum, three kernels a step);
+    # read at the next refresh.
+    here = torch.where(torch.isfinite(loss.detach().reshape(())), _NO_BAD_BATCH, state.batch_idx)
+    state.nonfinite_at = here if state.nonfinite_at is None else torch.minimum(state.nonfinite_at, here)
     return True
 
 
