@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import trainkit
 from trainkit.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from trainkit.engine.loops import train_one_epoch
+from trainkit.engine.loops import LoopState, _finite_or_record, raise_if_nonfinite, train_one_epoch
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
 from trainkit.errors import NonFiniteLossError, TrainingError
@@ -349,6 +349,17 @@ def test_nan_loss_names_the_step_and_skip_continues() -> None:
     assert _same_weights(skipped, reference)  # the NaN batch changed nothing
     assert history[0]["train/loss"] == reference_history[0]["train/loss"]  # and is left out of the mean
     assert trainer.state.global_step == 3
+
+
+def test_on_an_accelerator_the_first_nonfinite_batch_is_kept_on_the_device_and_raised_later() -> None:
+    state, clean = LoopState(), LoopState()
+    for i, value in enumerate([1.0, 2.0, float("nan"), float("inf"), 1.0]):
+        state.batch_idx = clean.batch_idx = i
+        assert _finite_or_record(torch.tensor(value), state, False, "raise") is True  # no host read per step
+        assert _finite_or_record(torch.tensor(1.0 + i), clean, False, "raise") is True
+    raise_if_nonfinite(clean)
+    with pytest.raises(NonFiniteLossError, match=r"loss is NaN or infinite at epoch 1, batch 2 of the epoch"):
+        raise_if_nonfinite(state)
 
 
 def test_a_target_class_out_of_range_is_explained() -> None:
