@@ -446,3 +446,21 @@ def test_public_names_of_trainkit_data() -> None:
         assert name in data.__all__ and callable(getattr(data, name))
     assert data.set_epoch is set_epoch and data.sample_rng is sample_rng and data.PairingError is PairingError
     assert callable(data.make_shapes) and callable(data.transforms.train_preset)
+
+
+def test_getitem_runs_with_one_intra_op_thread_and_restores_the_setting(tmp_path: Path) -> None:
+    layout = layouts.penn_fudan(tmp_path, n=1)
+    seen = []
+
+    def spy(image, target):
+        seen.append(torch.get_num_threads())
+        return image, target
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask", transforms=spy)[0]
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
