@@ -5,8 +5,8 @@ Usage: ``python resume_script.py DATA RUN_DIR OUT --workers N [--epochs E]``
 Trains a tiny conv net with dropout and batch norm on ``trainkit.data.make_shapes`` images with random
 augmentation (``train_preset``), AdamW and a per-step OneCycleLR, ``grad_accum=2``, a validation pass every
 epoch and ``ModelCheckpoint(every_n_steps=1)``. It resumes from ``RUN_DIR/checkpoints/last.pt`` when that
-exists, prints ``batch <n>`` after every training batch (``n`` counts batches from the start of training) and
-finally saves ``{"model": state_dict, "history": history}`` to ``OUT``.
+exists (``resume="auto"``), prints ``batch <n>`` after every training batch (``n`` counts batches from the start
+of training) and finally saves ``{"model": state_dict, "history": history}`` to ``OUT``.
 """
 
 from __future__ import annotations
@@ -96,8 +96,7 @@ def run(data: Path, run_dir: Path, out: Path, *, workers: int, epochs: int) -> N
         seed=0,
         progress=False,
     )
-    resume = "last" if (run_dir / "checkpoints" / "last.pt").is_file() else None
-    history = trainer.fit(train, val, epochs=epochs, resume=resume)
+    history = trainer.fit(train, val, epochs=epochs, resume="auto")  # last.pt when there is one, else afresh
     torch.save({"model": model.state_dict(), "history": history}, out)
 
 

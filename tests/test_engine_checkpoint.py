@@ -1,7 +1,9 @@
-"""Tests for trainkit.engine.checkpoint: atomic writes, safe loading, clear errors, RNG states under weights_only."""
+"""Tests for trainkit.engine.checkpoint: atomic writes, safe loading, clear errors, RNG states under weights_only,
+weights_only on every torch.load, nothing written outside the run directory."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import random
@@ -12,6 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+import trainkit
+from trainkit.callbacks import ModelCheckpoint
 from trainkit.engine.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, unwrap_model
 from trainkit.errors import CheckpointError
 from trainkit.utils.seed import get_rng_state, set_rng_state
@@ -200,3 +204,35 @@ def test_unwrap_model_reaches_the_inner_module() -> None:
 
     assert unwrap_model(Wrapper(Wrapper(inner))) is inner
     assert unwrap_model(inner) is inner
+
+
+def test_every_torch_load_in_the_package_uses_weights_only() -> None:
+    calls = []
+    for source in Path(trainkit.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "torch.serialization.load"):
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
+                calls.append((f"{source.name}:{node.lineno}", safe))
+    assert calls, "no torch.load call found: the scan is broken"
+    assert [where for where, safe in calls if not safe] == []
+
+
+def test_a_full_run_writes_nothing_outside_its_run_dir_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    model = _model()
+    data = [(torch.randn(4, 4), torch.randint(0, 2, (4,))) for _ in range(5)]
+    callbacks = [ModelCheckpoint("weights/nested", every_n_steps=2, keep_last=2)]
+    trainer = trainkit.Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), callbacks=callbacks,
+        run_dir=tmp_path / "run", device="cpu", progress=False,
+    )  # fmt: skip
+    trainer.fit(data, data[:2], epochs=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    written = sorted(str(p.relative_to(tmp_path / "run")) for p in (tmp_path / "run").rglob("*") if p.is_file())
+    assert [name for name in written if ".tmp-" in name] == []
+    # keep_last=2: last.pt plus the one before it, under the relative dirpath inside run_dir
+    checkpoints = [name for name in written if name.startswith("weights/")]
+    assert checkpoints == ["weights/nested/best.pt", "weights/nested/last-step15.pt", "weights/nested/last.pt"]
+    assert {"metrics.csv", "curves.png"} <= set(written)
