@@ -352,3 +352,17 @@ def test_bad_input_raises_a_clear_error_and_keeps_what_was_written(
             assert after.pop(name).startswith(before.pop(name))
     assert after == before
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_nan_loss_raises_by_default_before_it_reaches_the_weights_or_the_checkpoint(tmp_path: Path) -> None:
+    bad = X.clone()
+    bad[3, 1] = float("nan")
+    model = _model()
+    trainer = _trainer(None, model, run_dir=tmp_path, callbacks=[ModelCheckpoint(every_n_steps=1)])
+    assert trainer.on_nan == "raise"
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2 \(epoch 1, batch 2\)"):
+        trainer.fit([(X, Y), (X, Y), (bad, Y), (X, Y)], epochs=1)
+    saved = trainkit.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert saved["global_step"] == 2
+    weights = model.state_dict()
+    assert all(torch.isfinite(w).all() and torch.equal(w, saved["model"][k]) for k, w in weights.items())
