@@ -239,3 +239,14 @@ def test_model_checkpoint_dirpath_is_where_the_interrupt_checkpoint_goes(tmp_pat
         _trainer(tmp_path, callbacks=callbacks).fit(_loader(), epochs=3)
     assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["last.pt"]
     assert trainkit.load_checkpoint(tmp_path / "ckpts" / "last.pt")["batch_idx"] == 3
+
+
+def test_a_signal_ignored_before_fit_stays_ignored(tmp_path: Path) -> None:
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        probe = _SignalAt((0, 2, signal.SIGTERM))
+        history = _trainer(tmp_path, callbacks=[probe]).fit(_loader(), epochs=1)  # the SIGTERM changes nothing
+        assert [row["epoch"] for row in history] == [1]
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -13,7 +13,8 @@ status::
 A second signal while the first is being handled aborts at once, like an ordinary Ctrl-C, without a
 checkpoint. The previous handlers are put back when ``fit`` returns or raises.
 
-Handlers are installed only in the main thread of the process that calls ``fit`` and only outside DDP
+A signal that is ignored when ``fit`` starts (``SIG_IGN``, as for background jobs of a non-interactive shell)
+stays ignored. Handlers are installed only in the main thread of the process that calls ``fit`` and only outside DDP
 (ranks would stop at different steps and deadlock in the next all-reduce; a DDP run resumes from the
 ``every_n_steps`` checkpoints). DataLoader workers forked during ``fit`` inherit the handler, which ignores
 the signal there: the main process still needs their batches to finish its step, and shuts them down itself.
@@ -123,11 +124,12 @@ class GracefulInterrupt:
             return self
         try:
             for sig in _SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal (`nohup`, `cmd &`) stays ignored
+                    self._previous[sig] = signal.signal(sig, self._handle)
         except (ValueError, OSError):  # e.g. an embedded interpreter that refuses handlers
             self.restore()
             return self
-        self.installed = True
+        self.installed = bool(self._previous)
         return self
 
     def restore(self) -> None:
