@@ -94,21 +94,26 @@ class Accuracy(Metric):
         t, p = tgt.reshape(-1), pred.reshape(-1)
         if t.numel() == 0:
             return
-        kept = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        bad = (t < 0) | (p < 0)
+        # The fewest kernels for the common case (no ignore_index, top-1): this runs every training step.
+        kept = t != self.ignore_index if self.ignore_index is not None else None
+        bad = (t < 0) if logits else (t < 0) | (p < 0)  # argmax of logits is always a valid id
         if classes is not None:
-            bad |= (t >= classes) | (p >= classes)
-        bad &= kept
+            bad = bad | (t >= classes) if logits else bad | (t >= classes) | (p >= classes)
+        if kept is not None:
+            bad = bad & kept
         if self.top_k > 1:
             top = preds.detach().topk(self.top_k, dim=1).indices.movedim(1, -1).reshape(-1, self.top_k)
             hit = (top == t.unsqueeze(1)).any(1)
         else:
             hit = p == t
-        counted = kept & ~bad
+        counted = ~bad if kept is None else kept & ~bad
         state["correct"] = state["correct"] + (hit & counted).sum()
         state["total"] = state["total"] + counted.sum()
         state["out_of_range"] = state["out_of_range"] + bad.sum()
-        low, high = label_extremes(t, p, kept)
+        if kept is None:
+            low, high = torch.stack((t, p)).aminmax(dim=1)
+        else:
+            low, high = label_extremes(t, p, kept)
         state["label_min"] = torch.minimum(state["label_min"], low)
         state["label_max"] = torch.maximum(state["label_max"], high)
 
