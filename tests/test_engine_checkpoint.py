@@ -236,3 +236,10 @@ def test_a_full_run_writes_nothing_outside_its_run_dir_and_leaves_no_temporary_f
     checkpoints = [name for name in written if name.startswith("weights/")]
     assert checkpoints == ["weights/nested/best.pt", "weights/nested/last-step15.pt", "weights/nested/last.pt"]
     assert {"metrics.csv", "curves.png"} <= set(written)
+
+
+def test_random_bytes_are_called_damaged_not_a_refused_payload(tmp_path: Path) -> None:
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError, match=r"damaged or not a PyTorch checkpoint|truncated or not a PyTorch"):
+        load_checkpoint(path)

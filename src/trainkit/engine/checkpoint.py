@@ -200,10 +200,16 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = _global_refused(err)
+        if detail is None:  # random bytes or a damaged pickle, not a payload
+            raise CheckpointError(
+                f"{path} is damaged or not a PyTorch checkpoint (its pickle data does not parse); use another "
+                "checkpoint (e.g. `best.pt` or an earlier `last-*.pt`)"
+            ) from err
         raise CheckpointError(
-            f"{path} refused: it contains Python objects that `weights_only=True` does not load (a checkpoint from an "
-            f"untrusted source could run code this way). Only open it with `torch.load(weights_only=False)` if you "
-            f"trust who made it. Detail: {_first_line(err)}"
+            f"{path} refused: it contains Python objects that `weights_only=True` does not load ({detail}); a "
+            "checkpoint from an untrusted source could run code this way. Only open it with "
+            "`torch.load(weights_only=False)` if you trust who made it"
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as err:
         raise CheckpointError(
@@ -218,6 +224,14 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
         f"{path} is not a trainkit checkpoint or a model state_dict (it holds a {type(obj).__name__}); save models "
         "with `trainkit.save_checkpoint` or `torch.save(model.state_dict(), path)`"
     )
+
+
+def _global_refused(err: BaseException) -> str | None:
+    """The line of a ``weights_only`` error that names a refused Python global, if there is one."""
+    for line in str(err).splitlines():
+        if "unsupported global" in line.lower():
+            return line.strip().rstrip(".")
+    return None
 
 
 def _strip_prefixes(state: Mapping[str, Any], own: Mapping[str, Any]) -> Mapping[str, Any]:

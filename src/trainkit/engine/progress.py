@@ -83,11 +83,11 @@ class Progress:
         """
         if self._batch_bar is None:
             return
-        self._batch_bar.update(1)
         now = time.monotonic()
-        if now - self._last >= self.refresh_s:
+        if now - self._last >= self.refresh_s:  # set before update(1), which redraws: the bar shows current values
             self._last = now
             self._batch_bar.set_postfix({k: f"{v:.4g}" for k, v in read_values().items()}, refresh=False)
+        self._batch_bar.update(1)
 
     def end_batches(self) -> None:
         """Close the batch bar.
@@ -130,6 +130,6 @@ class Progress:
 
 
 def _fmt(value: float) -> str:
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
-        return f"{value:g}"
+    if isinstance(value, int):
+        return str(value)
     return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
