@@ -18,9 +18,7 @@ Losses and metric counts stay on the device; they are read when the progress bar
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,54 +34,20 @@ from trainkit.engine._step import (
     explain_errors,
     split_batch,
 )
+from trainkit.engine.loop_state import (
+    LoopState,
+    _acc_dtype,
+    _finite_on_all_ranks,
+    _finite_or_record,
+    _running_values,
+    check_learning_rates,
+    raise_if_nonfinite,
+)
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
-from trainkit.errors import NonFiniteLossError
 from trainkit.utils.device import move_to_device
 
 __all__ = ["LoopState", "evaluate", "predict", "train_one_epoch"]
-
-_NO_BAD_BATCH = 2**62  # `LoopState.nonfinite_at` while every loss of the epoch was finite
-
-
-@dataclass
-class LoopState:
-    """Where a training epoch stands; saved in mid-epoch checkpoints so a resume continues exactly.
-
-    Attributes:
-        epoch: the epoch being trained (0-based).
-        batch_idx: batches of this epoch already consumed.
-        global_step: optimizer steps attempted since the start of training.
-        loss_sum: sum of ``loss * batch_size`` over this epoch (on the device).
-        samples: samples seen this epoch.
-    """
-
-    epoch: int = 0
-    batch_idx: int = 0
-    global_step: int = 0
-    loss_sum: torch.Tensor | None = None
-    samples: int = 0
-    metrics_updated: bool = False
-    nonfinite_at: torch.Tensor | None = field(default=None, repr=False)
-
-    def begin_epoch(self, epoch: int) -> None:
-        """Reset the per-epoch counters for ``epoch``."""
-        self.epoch, self.batch_idx, self.samples = epoch, 0, 0
-        self.metrics_updated = False
-        self.loss_sum = self.nonfinite_at = None
-
-    def mean_loss(self) -> float:
-        """The epoch's mean loss so far (reads the device)."""
-        if self.loss_sum is None or self.samples == 0:
-            return float("nan")
-        return float(self.loss_sum.item()) / self.samples
-
-    def add_loss(self, loss: torch.Tensor, n: int) -> None:
-        """Accumulate a batch's mean loss on its device, with no synchronisation."""
-        if self.loss_sum is None:
-            self.loss_sum = torch.zeros((), dtype=_acc_dtype(loss.device), device=loss.device)
-        self.loss_sum.add_(loss.detach().reshape(()), alpha=n)  # in place: one kernel, no temporaries
-        self.samples += n
 
 
 def train_one_epoch(
@@ -375,62 +339,6 @@ def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return results
 
 
-def check_learning_rates(optimizer: torch.optim.Optimizer, when: str) -> None:
-    """Raise ``ValueError`` if a scheduler drove a learning rate below zero (or to NaN).
-
-    Reads the Python floats in ``optimizer.param_groups`` (no device synchronisation); tensor
-    learning rates are not inspected.
-
-    Example:
-        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-        >>> check_learning_rates(opt, "after epoch 1")
-    """
-    for i, group in enumerate(optimizer.param_groups):
-        lr = group.get("lr")
-        if isinstance(lr, (int, float)) and not lr >= 0:
-            raise ValueError(
-                f"the `scheduler` set the learning rate of param group {i} to {lr} {when}; a learning rate must be "
-                ">= 0: check the schedule (e.g. a `LambdaLR` factor that turns negative, or more steps than it was "
-                "built for)"
-            )
-
-
-def raise_if_nonfinite(state: LoopState) -> None:
-    """Raise :class:`NonFiniteLossError` if a NaN/inf loss was recorded (reads the device once)."""
-    if state.nonfinite_at is None:
-        return
-    at = int(state.nonfinite_at.item())
-    if at != _NO_BAD_BATCH:
-        raise NonFiniteLossError(
-            f"loss is NaN or infinite at epoch {state.epoch + 1}, batch {at} of the epoch; lower the learning rate, "
-            "clip gradients (`clip_grad_norm=1.0`), check the inputs for NaN, or pass `on_nan='skip'`"
-        )
-
-
-def _finite_or_record(loss: torch.Tensor, state: LoopState, check_now: bool, on_nan: str) -> bool:
-    if check_now:
-        # One scalar read: ~40 us a step cheaper on the CPU than `torch.isfinite(loss).all()` (several kernels).
-        if math.isfinite(loss.detach().item()):
-            return True
-        if on_nan == "skip":
-            return False
-        raise NonFiniteLossError(
-            f"loss is {float(loss.detach().float().sum())} at step {state.global_step} (epoch {state.epoch + 1}, "
-            f"batch {state.batch_idx}); lower the learning rate, clip gradients (`clip_grad_norm=1.0`), check the "
-            "inputs for NaN, or pass `on_nan='skip'`"
-        )
-    # Accelerators: keep the first bad batch's index on the device (a running minimum, three kernels a step);
-    # read at the next refresh.
-    here = torch.where(torch.isfinite(loss.detach().reshape(())), _NO_BAD_BATCH, state.batch_idx)
-    state.nonfinite_at = here if state.nonfinite_at is None else torch.minimum(state.nonfinite_at, here)
-    return True
-
-
-def _running_values(state: LoopState, on_nan: str) -> dict[str, float]:
-    raise_if_nonfinite(state)
-    return {"loss": state.mean_loss()}
-
-
 def _update_metrics(metrics: Mapping[str, Any], out: StepOutput) -> bool:
     """Feed the step's outputs and targets to the metrics; ``False`` when the step gave none."""
     if not metrics or out.outputs is None or out.targets is None:
@@ -489,10 +397,6 @@ def _len_or_none(loader: Any) -> int | None:
         return None
 
 
-def _acc_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def _to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().float().mean().item()) if value.numel() > 1 else float(value.item())
@@ -502,9 +406,3 @@ def _to_float(value: Any) -> float:
 def _is_ddp(model: nn.Module) -> bool:
     inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
     return isinstance(inner if isinstance(inner, nn.Module) else model, nn.parallel.DistributedDataParallel)
-
-
-def _finite_on_all_ranks(finite: bool, device: torch.device) -> bool:
-    flag = torch.tensor(float(finite), device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item() > 0)
