@@ -93,7 +93,7 @@ def make_shapes(
             "`exist_ok=True` to rewrite it"
         )
     for path in existing:
-        path.unlink()
+        path.unlink(missing_ok=True)
     for folder in _SUBFOLDERS:
         (root / folder).mkdir(parents=True, exist_ok=True)
     class_ids = {"background": 0, **{name: k + 1 for k, name in enumerate(classes)}}
