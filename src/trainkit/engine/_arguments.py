@@ -1,0 +1,140 @@
+"""The checks on ``Trainer``'s arguments, and the forms the loops get them in.
+
+Each check raises ``TypeError`` or ``ValueError`` at the boundary, naming the argument, what was given
+and the fix, before any model, optimizer or loader is used. Then the batch transform gains the
+channels-last conversion, the training loader is rebuilt around a resumable batch sampler (sharded
+under DDP) and an evaluation loader is sharded under DDP.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainkit.engine.distributed import DistributedContext
+from trainkit.engine.resumable import rebuild_loader
+
+__all__ = [
+    "check_args",
+    "check_not_empty",
+    "prepare_eval_loader",
+    "prepare_train_loader",
+    "with_channels_last",
+]
+
+
+def check_args(
+    model: Any, optimizer: Any, loss_fn: Any, interval: str, grad_accum: Any, clip: Any, on_nan: str, training_step: Any
+) -> None:
+    """Validate the ``Trainer`` constructor's arguments.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> check_args(model, torch.optim.SGD(model.parameters(), 0.1), None, "epoch", 1, None, "raise", None)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}; e.g. "
+            "`torch.optim.Adam(model.parameters(), lr=1e-3)`"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}; e.g. `torch.nn.CrossEntropyLoss()`")
+    if interval not in ("epoch", "step"):
+        raise ValueError(f"`scheduler_interval` must be 'epoch' or 'step', got {interval!r}")
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"`grad_accum` must be a positive integer, got {grad_accum!r}")
+    if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+        raise ValueError(f"`clip_grad_norm` must be a positive number or None, got {clip!r}")
+    if on_nan not in ("raise", "skip"):
+        raise ValueError(f"`on_nan` must be 'raise' or 'skip', got {on_nan!r}")
+    if any(g["lr"] < 0 for g in optimizer.param_groups if isinstance(g.get("lr"), (int, float))):
+        raise ValueError(f"the optimizer has a negative learning rate {[g['lr'] for g in optimizer.param_groups]}")
+
+
+def check_not_empty(loader: Any, name: str) -> None:
+    """Raise ``ValueError`` if ``loader`` has a length and it is 0 (``name`` is the argument's name).
+
+    Example:
+        >>> check_not_empty([(torch.zeros(1), torch.zeros(1))], "train_loader")
+    """
+    try:
+        n = len(loader)
+    except TypeError:
+        return
+    if n == 0:
+        dataset = getattr(loader, "dataset", None)
+        size = f" (dataset of {len(dataset)} samples)" if dataset is not None and hasattr(dataset, "__len__") else ""
+        raise ValueError(
+            f"`{name}` yields no batches{size}; check the dataset folder, and `drop_last=True` with a batch size "
+            "larger than the dataset"
+        )
+
+
+def with_channels_last(transform: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """``transform`` (when given), then the first element of a sequence batch in channels-last if it is 4-D.
+
+    Example:
+        >>> images, masks = with_channels_last(None)((torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4)))
+        >>> images.is_contiguous(memory_format=torch.channels_last)
+        True
+    """
+
+    def apply(batch: Any) -> Any:
+        if transform is not None:
+            batch = transform(batch)
+        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor) and batch[0].ndim == 4:
+            return type(batch)([batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]])
+        return batch
+
+    return apply
+
+
+def prepare_train_loader(
+    loader: Iterable[Any], dist: DistributedContext, *, seed: int | None, device: torch.device
+) -> Iterable[Any]:
+    """A copy of a map-style ``DataLoader`` with a resumable (and under DDP sharded) sampler; other loaders as given.
+
+    Warns under DDP when the loader cannot be rebuilt, so every rank sees all of it. Call it from
+    ``Trainer.fit`` directly: the warning points two frames up, at the user's ``fit`` call.
+
+    Example:
+        >>> from trainkit.engine.resumable import ResumableBatchSampler
+        >>> data = torch.utils.data.TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
+        >>> cpu = torch.device("cpu")
+        >>> loader = torch.utils.data.DataLoader(data, batch_size=4)
+        >>> loader = prepare_train_loader(loader, DistributedContext.detect(cpu), seed=None, device=cpu)
+        >>> isinstance(loader.batch_sampler, ResumableBatchSampler)
+        True
+    """
+    sampler = dist.train_sampler(loader, seed=seed or 0) if hasattr(loader, "dataset") else None
+    rebuilt = rebuild_loader(loader, sampler=sampler, pin_memory=device.type == "cuda")
+    if rebuilt is None:
+        if dist.enabled:
+            warnings.warn(
+                "under DDP the training loader is not a map-style DataLoader, so it is not sharded: "
+                "every rank sees all of it",
+                stacklevel=3,
+            )
+        return loader
+    return rebuilt
+
+
+def prepare_eval_loader(
+    loader: Iterable[Any] | None, dist: DistributedContext, *, device: torch.device
+) -> Iterable[Any] | None:
+    """``loader`` sharded across the DDP ranks (unchanged in one process); ``None`` stays ``None``.
+
+    Example:
+        >>> cpu = torch.device("cpu")
+        >>> prepare_eval_loader(None, DistributedContext.detect(cpu), device=cpu) is None
+        True
+    """
+    if loader is None:
+        return None
+    return dist.shard_eval_loader(loader, pin_memory=device.type == "cuda")

@@ -1,0 +1,113 @@
+"""One epoch of ``Trainer.fit``: the training pass, validation, the per-epoch scheduler step, the history row.
+
+``run_epoch`` is the body of ``fit``'s loop (see the pseudocode in ``trainer.py``); the trainer's
+``state`` says which epoch, and how many of its batches a resumed run has already trained on.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trainkit.engine._step import StepOutput
+from trainkit.engine.loop_state import LoopState, check_learning_rates
+from trainkit.engine.loops import train_one_epoch
+from trainkit.engine.progress import Progress
+from trainkit.engine.run_state import epoch_batches
+
+if TYPE_CHECKING:
+    from trainkit.engine.trainer import Trainer
+
+__all__ = ["reduce_train_loss", "run_epoch", "step_epoch_scheduler"]
+
+
+def run_epoch(trainer: Trainer, val_loader: Iterable[Any] | None, bar: Progress) -> dict[str, float]:
+    """Train (the rest of) ``trainer.state.epoch``, validate, step the per-epoch scheduler; return the history row.
+
+    Example:
+        >>> from trainkit.engine.trainer import Trainer
+        >>> model = torch.nn.Linear(2, 2)
+        >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), torch.nn.CrossEntropyLoss(), device="cpu")
+        >>> t._train_loader = [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]
+        >>> sorted(run_epoch(t, None, Progress(enabled=False)))
+        ['epoch', 'lr', 'train/loss']
+    """
+    epoch = trainer.state.epoch
+    loader, total = epoch_batches(trainer, epoch)
+    if trainer.state.batch_idx == 0:
+        trainer.epoch_logs = {"lr": float(trainer.optimizer.param_groups[0]["lr"])}
+        trainer.callbacks.dispatch("on_epoch_start", trainer, epoch + 1)
+    watch = trainer.callbacks.has("on_train_batch_end") or trainer._interrupt.installed
+    on_batch_end = functools.partial(_on_batch_end, trainer) if watch else None
+    train = train_one_epoch(
+        trainer.model, loader, trainer.optimizer, trainer.loss_fn,
+        device=trainer.device, precision=trainer.precision,
+        scheduler=trainer.scheduler if trainer.scheduler_interval == "step" else None,
+        grad_accum=trainer.grad_accum, clip_grad_norm=trainer.clip_grad_norm, metrics=trainer.train_metrics,
+        step_fn=trainer._custom_step("training_step"), batch_transform=trainer.batch_transform,
+        on_nan=trainer.on_nan, state=trainer.state, progress=bar, on_batch_end=on_batch_end, num_batches=total,
+    )  # fmt: skip
+    logs: dict[str, float] = {"epoch": epoch + 1}
+    logs.update({f"train/{k}": v for k, v in reduce_train_loss(trainer, train).items()})
+    if val_loader is not None:
+        val = {f"val/{k}": v for k, v in trainer.evaluate(val_loader).items()}
+        trainer.callbacks.dispatch("on_validation_end", trainer, val)
+        logs.update(val)
+    logs.update(trainer.epoch_logs)
+    step_epoch_scheduler(trainer, logs)
+    trainer.state.epoch, trainer.state.batch_idx = epoch + 1, 0
+    trainer.history.append(logs)
+    return logs
+
+
+def reduce_train_loss(trainer: Trainer, train: dict[str, float]) -> dict[str, float]:
+    """Under DDP: the loss summed over every rank's samples (metrics reduce their own counts in ``compute``).
+
+    ``DistributedSampler`` pads the epoch with repeated samples (at most ``world_size - 1``), which
+    are trained on and therefore counted here too.
+
+    Example:
+        >>> from trainkit.engine.trainer import Trainer
+        >>> model = torch.nn.Linear(2, 2)
+        >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu")
+        >>> reduce_train_loss(t, {"loss": 0.5})  # one process: unchanged
+        {'loss': 0.5}
+    """
+    if not trainer.dist.enabled or "loss" not in train:
+        return train
+    zero = torch.zeros((), dtype=torch.float64, device=trainer.device)
+    loss_sum = trainer.state.loss_sum.to(trainer.device, torch.float64) if trainer.state.loss_sum is not None else zero
+    total = trainer.dist.all_reduce_sum(torch.stack([loss_sum, zero + trainer.state.samples]))
+    return {**train, "loss": float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")}
+
+
+def step_epoch_scheduler(trainer: Trainer, logs: dict[str, float]) -> None:
+    """Step a ``scheduler_interval="epoch"`` scheduler (``ReduceLROnPlateau`` with the monitored value).
+
+    Example:
+        >>> from trainkit.engine.trainer import Trainer
+        >>> model = torch.nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), 0.1)
+        >>> t = Trainer(model, opt, device="cpu", scheduler=torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5))
+        >>> opt.step()
+        >>> step_epoch_scheduler(t, {"epoch": 1, "train/loss": 1.0})
+        >>> opt.param_groups[0]["lr"]
+        0.05
+    """
+    if trainer.scheduler is None or trainer.scheduler_interval != "epoch":
+        return
+    if isinstance(trainer.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        monitor = trainer.scheduler_monitor if trainer.scheduler_monitor in logs else "train/loss"
+        trainer.scheduler.step(logs[monitor])
+    else:
+        trainer.scheduler.step()
+    check_learning_rates(trainer.optimizer, f"after epoch {int(logs['epoch'])}")
+
+
+def _on_batch_end(trainer: Trainer, state: LoopState, output: StepOutput) -> None:
+    trainer.callbacks.dispatch("on_train_batch_end", trainer, state, output)
+    if trainer._interrupt.requested and trainer.at_step_boundary(state):
+        trainer._interrupt.check()
