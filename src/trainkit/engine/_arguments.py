@@ -28,13 +28,13 @@ __all__ = [
 
 
 def check_args(
-    model: Any, optimizer: Any, loss_fn: Any, interval: str, grad_accum: Any, clip: Any, on_nan: str, training_step: Any
+    model: Any, optimizer: Any, loss_fn: Any, interval: str, grad_accum: Any, clip: Any, on_nan: str
 ) -> None:
     """Validate the ``Trainer`` constructor's arguments.
 
     Example:
         >>> model = torch.nn.Linear(2, 2)
-        >>> check_args(model, torch.optim.SGD(model.parameters(), 0.1), None, "epoch", 1, None, "raise", None)
+        >>> check_args(model, torch.optim.SGD(model.parameters(), 0.1), None, "epoch", 1, None, "raise")
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")

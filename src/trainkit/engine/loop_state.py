@@ -141,7 +141,7 @@ def _finite_or_record(loss: torch.Tensor, state: LoopState, check_now: bool, on_
     return True
 
 
-def _running_values(state: LoopState, on_nan: str) -> dict[str, float]:
+def _running_values(state: LoopState) -> dict[str, float]:
     raise_if_nonfinite(state)
     return {"loss": state.mean_loss()}
 

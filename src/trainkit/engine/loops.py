@@ -170,7 +170,7 @@ def train_one_epoch(
             state.batch_idx += 1
             if on_batch_end is not None:
                 on_batch_end(state, out)
-            bar.advance(lambda: _running_values(state, on_nan))
+            bar.advance(lambda: _running_values(state))
     finally:
         bar.end_batches()
     if state.batch_idx == 0:

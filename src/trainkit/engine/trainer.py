@@ -132,7 +132,7 @@ class Trainer:
         ddp_kwargs: Mapping[str, Any] | None = None,
         sync_batchnorm: bool = False,
     ):
-        check_args(model, optimizer, loss_fn, scheduler_interval, grad_accum, clip_grad_norm, on_nan, training_step)
+        check_args(model, optimizer, loss_fn, scheduler_interval, grad_accum, clip_grad_norm, on_nan)
         self.device = local_device(resolve_device(device))  # under torchrun, "cuda" is the local rank's GPU
         self.dist = DistributedContext.detect(self.device)
         self.module = (
