@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,16 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )
 
 
+def train_args(shapes: Path, run_dir: Path, *, epochs: int) -> list[str]:
+    """`trainkit train` on the tiny shapes folder with a tiny UNet, on the CPU."""
+    return [
+        "train", "--images", str(shapes / "PNGImages"), "--masks", str(shapes / "SemanticMasks"),
+        "--mask-suffix", "_mask", "--num-classes", "4", "--size", "32", "--epochs", str(epochs),
+        "--batch-size", "4", "--base-channels", "4", "--depth", "2", "--run-dir", str(run_dir),
+        "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli") / "shapes"
@@ -35,32 +46,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(shapes: Path) -> Path:
     run_dir = shapes.parent / "run"
-    result = run(
-        "train",
-        "--images",
-        str(shapes / "PNGImages"),
-        "--masks",
-        str(shapes / "SemanticMasks"),
-        "--mask-suffix",
-        "_mask",
-        "--num-classes",
-        "4",
-        "--size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--base-channels",
-        "4",
-        "--depth",
-        "2",
-        "--run-dir",
-        str(run_dir),
-        "--device",
-        "cpu",
-        "--no-progress",
-    )
+    result = run(*train_args(shapes, run_dir, epochs=1))
     assert result.returncode == 0, result.stderr
     assert "train: 1 epochs" in result.stdout
     return run_dir
@@ -82,37 +68,8 @@ def test_train_writes_checkpoints_and_metrics(trained: Path) -> None:
 
 def test_train_resume_last_continues_to_more_epochs(trained: Path, shapes: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "resumed"
-    import shutil
-
     shutil.copytree(trained, run_dir)
-    result = run(
-        "train",
-        "--images",
-        str(shapes / "PNGImages"),
-        "--masks",
-        str(shapes / "SemanticMasks"),
-        "--mask-suffix",
-        "_mask",
-        "--num-classes",
-        "4",
-        "--size",
-        "32",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--base-channels",
-        "4",
-        "--depth",
-        "2",
-        "--run-dir",
-        str(run_dir),
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--resume",
-        "last",
-    )
+    result = run(*train_args(shapes, run_dir, epochs=2), "--resume", "last")
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
     rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
@@ -167,8 +124,6 @@ def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path
     )
     assert good.returncode == 0, good.stdout + good.stderr
     bad = tmp_path / "bad"
-    import shutil
-
     shutil.copytree(shapes, bad)
     (bad / "PNGImages" / "shape_000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (bad / "SemanticMasks" / "shape_001_mask.png").unlink()
