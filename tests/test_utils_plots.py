@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,12 @@ def test_importing_plots_does_not_import_matplotlib(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "c.png").exists()
+
+
+def test_plot_predictions_legend_names_must_match_the_classes(tmp_path: Path) -> None:
+    images = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    masks = torch.zeros(1, 8, 8, dtype=torch.int64)
+    out = plot_predictions(images, masks, masks, tmp_path / "p.png", num_classes=2, class_names=["bg", "shape"])
+    assert out.is_file()
+    with pytest.raises(ValueError, match="`class_names` has 1 names for `num_classes=2`"):
+        plot_predictions(images, masks, masks, tmp_path / "q.png", num_classes=2, class_names=["bg"])

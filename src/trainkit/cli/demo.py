@@ -100,4 +100,7 @@ def write_predictions(
     normalize = BatchNormalize(data["mean"], data["std"])
     with torch.inference_mode():
         preds = model(normalize(images.to(device))).argmax(1).cpu()
-    return plot_predictions(images, masks, preds, path, num_classes=data["num_classes"], max_rows=rows)
+    names = data.get("class_names") or None
+    return plot_predictions(
+        images, masks, preds, path, num_classes=data["num_classes"], max_rows=rows, class_names=names
+    )

@@ -130,6 +130,7 @@ def plot_predictions(
     std: Sequence[float] | None = None,
     ignore_index: int = 255,
     max_rows: int = 6,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Write a PNG grid with one row a sample: image | truth overlay | prediction overlay.
 
@@ -144,6 +145,7 @@ def plot_predictions(
         preds: ``[N, H, W]`` class ids, or logits ``[N, K, H, W]`` (argmax over K is taken).
         path: Where to write the PNG; parent folders are created.
         num_classes: Number of classes, for the legend.
+        class_names: Legend labels, one per class (default: the class ids).
         mean: Per-channel mean the images were normalised with.
         std: Per-channel standard deviation the images were normalised with.
         ignore_index: Target value drawn white, not as a class.
@@ -198,7 +200,10 @@ def plot_predictions(
             axes[r, c].set_axis_off()
             if r == 0:
                 axes[r, c].set_title(("image", "truth", "prediction")[c], fontsize=9)
-    handles = [Patch(color=colours[k] / 255, label=str(k)) for k in range(min(num_classes, _LEGEND_CLASSES))]
+    names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"`class_names` has {len(names)} names for `num_classes={num_classes}`; give one per class")
+    handles = [Patch(color=colours[k] / 255, label=names[k]) for k in range(min(num_classes, _LEGEND_CLASSES))]
     handles.append(Patch(facecolor="white", edgecolor="black", label=f"ignore ({ignore_index})"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
     return _save(fig, path)
