@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--target", type=float, default=0.90)
+    parser.add_argument("--run-dir", help="keep the demo's outputs here (default: a temporary folder)")
     args = parser.parse_args()
-    run_dir = Path(tempfile.mkdtemp(prefix="ttq-")) / "demo"
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="ttq-")) / "demo"
     start = time.perf_counter()
     stamps: list[float] = []
 

@@ -23,14 +23,14 @@ DEMO_CLASSES = ["background", "circle", "square", "triangle"]
 def run_demo(
     run_dir: str | Path = "runs/demo",
     *,
-    epochs: int = 12,
+    epochs: int = 28,
     device: str = "auto",
     n: int = 480,
     size: int = 64,
-    batch_size: int = 16,
+    batch_size: int = 8,
     base_channels: int = 16,
-    depth: int = 3,
-    lr: float = 1e-2,
+    depth: int = 4,
+    lr: float = 3e-3,
     progress: bool = True,
     extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def run_demo(
         depth=depth,
         seed=0,
         progress=progress,
-        scale=(0.75, 1.33),
+        scale=(1.0, 1.0),  # shapes are drawn at their final size: flips and colour jitter, no rescaling
         callbacks=list(extra_callbacks or []),
     )
     trainer, history, settings = train_recipe(recipe)

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 __all__ = ["build_parser", "main"]
 
 _EXAMPLES = {
-    "demo": "example: trainkit demo --run-dir runs/demo --epochs 12",
+    "demo": "example: trainkit demo --run-dir runs/demo --epochs 28",
     "train": "example: trainkit train --images PennFudanPed/PNGImages --masks PennFudanPed/PedMasks "
     "--mask-suffix _mask --target binary --size 256 --epochs 30",
     "predict": "example: trainkit predict --checkpoint runs/train/checkpoints/best.pt --images photos --out masks",
@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
 
-    demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, ~2 minutes on 2 CPU cores)")
+    demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, about 3 minutes on 2 CPU cores)")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, checkpoints, metrics and plots go")
-    demo.add_argument("--epochs", type=_positive_int, default=12, help="training epochs")
+    demo.add_argument("--epochs", type=_positive_int, default=28, help="training epochs")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     demo.add_argument("--n", type=_positive_int, default=480, help="number of synthetic images")
     demo.add_argument("--size", type=_positive_int, default=64, help="image size in pixels")
