@@ -42,7 +42,7 @@ class TrainkitError(Exception):
     """Base class of every exception trainkit raises on purpose.
 
     Example:
-        >>> issubclass(trainkit.errors.PairingError, trainkit.errors.TrainkitError)
+        >>> issubclass(PairingError, TrainkitError)
         True
     """
 

@@ -275,6 +275,13 @@ def check_int_option(name: str, value: Any, *, minimum: int) -> int:
     return value
 
 
+def check_threshold(value: Any) -> float:
+    """Validate a logit ``threshold`` option and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`threshold` must be a number (a logit, 0.0 = probability 0.5); got {value!r}")
+    return float(value)
+
+
 def check_ignore_index(value: Any) -> int | None:
     """Validate ``ignore_index`` (an int or ``None``) and return it."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

@@ -15,6 +15,7 @@ from trainkit.metrics._base import (
     as_labels,
     check_ignore_index,
     check_int_option,
+    check_threshold,
     label_extremes,
     raise_if_out_of_range,
 )
@@ -60,9 +61,7 @@ class Accuracy(Metric):
         if self.num_classes is not None and self.top_k > self.num_classes:
             raise ValueError(f"`top_k={top_k}` exceeds `num_classes={num_classes}`; use `top_k <= num_classes`")
         self.ignore_index = check_ignore_index(ignore_index)
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise TypeError(f"`threshold` must be a number (a logit, 0.0 = probability 0.5); got {threshold!r}")
-        self.threshold = float(threshold)
+        self.threshold = check_threshold(threshold)
 
     def _extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, top_k={self.top_k}, ignore_index={self.ignore_index}"

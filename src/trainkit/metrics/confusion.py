@@ -25,6 +25,7 @@ from trainkit.metrics._base import (
     as_labels,
     check_ignore_index,
     check_int_option,
+    check_threshold,
     label_extremes,
     raise_if_out_of_range,
 )
@@ -46,9 +47,7 @@ class _ConfusionMetric(Metric):
         super().__init__(sync_on_compute=sync_on_compute)
         self.num_classes = check_int_option("num_classes", num_classes, minimum=2)
         self.ignore_index = check_ignore_index(ignore_index)
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise TypeError(f"`threshold` must be a number (a logit, 0.0 = probability 0.5); got {threshold!r}")
-        self.threshold = float(threshold)
+        self.threshold = check_threshold(threshold)
 
     def _extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, ignore_index={self.ignore_index}"
