@@ -196,13 +196,7 @@ def test_rng_states_round_trip_under_weights_only(tmp_path: Path) -> None:
 
 def test_unwrap_model_reaches_the_inner_module() -> None:
     inner = _model()
-
-    class Wrapper(nn.Module):
-        def __init__(self, module: nn.Module):
-            super().__init__()
-            self.module = module
-
-    assert unwrap_model(Wrapper(Wrapper(inner))) is inner
+    assert unwrap_model(nn.DataParallel(torch.compile(inner))) is inner
     assert unwrap_model(inner) is inner
 
 
@@ -243,3 +237,16 @@ def test_random_bytes_are_called_damaged_not_a_refused_payload(tmp_path: Path) -
     path.write_bytes(bytes(range(256)) * 8)
     with pytest.raises(CheckpointError, match=r"damaged or not a PyTorch checkpoint|truncated or not a PyTorch"):
         load_checkpoint(path)
+
+
+def test_unwrap_model_keeps_a_users_module_that_has_a_module_attribute() -> None:
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = nn.Linear(2, 2)
+            self.head = nn.Linear(2, 1)
+
+    model = Wrapped()
+    assert unwrap_model(model) is model
+    assert unwrap_model(nn.DataParallel(model)) is model
+    assert unwrap_model(torch.compile(model)) is model

@@ -36,10 +36,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         True
     """
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch.compile's wrapper
+        else:  # a user's module that happens to have a `.module` attribute stays whole
             return model
-        model = inner
 
 
 def save_checkpoint(

@@ -404,5 +404,5 @@ def _to_float(value: Any) -> float:
 
 
 def _is_ddp(model: nn.Module) -> bool:
-    inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
-    return isinstance(inner if isinstance(inner, nn.Module) else model, nn.parallel.DistributedDataParallel)
+    inner = getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
+    return isinstance(inner, nn.parallel.DistributedDataParallel)
