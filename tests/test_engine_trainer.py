@@ -832,3 +832,14 @@ def test_tensorboard_events_are_written_when_installed(tmp_path: Path) -> None:
     assert sorted(events.Tags()["scalars"]) == ["lr", "train/loss"]
     logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert logged == [(1, pytest.approx(history[0]["train/loss"])), (2, pytest.approx(history[1]["train/loss"]))]
+
+
+@pytest.mark.parametrize("fed", [False, True])
+def test_mid_epoch_checkpoint_keeps_whether_train_metrics_were_fed(tmp_path: Path, fed: bool) -> None:
+    trainer = _trainer(_mlp(), metrics={"acc": Accuracy(num_classes=3)})
+    trainer.state.batch_idx, trainer.state.samples, trainer.state.metrics_updated = 3, 24, fed
+    path = trainer.save_checkpoint(tmp_path / "mid.pt")
+    resumed = _trainer(_mlp(), metrics={"acc": Accuracy(num_classes=3)})
+    resumed.load_checkpoint(path)
+    assert resumed.state.batch_idx == 3
+    assert resumed.state.metrics_updated is fed  # a loss-only step must not log train metrics after a resume

@@ -90,12 +90,13 @@ def epoch_state(trainer: Trainer) -> dict[str, Any]:
         >>> model = torch.nn.Linear(2, 2)
         >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu")
         >>> epoch_state(t)
-        {'loss_sum': None, 'samples': 0, 'metrics': {}}
+        {'loss_sum': None, 'samples': 0, 'metrics_updated': False, 'metrics': {}}
     """
     metrics = {k: m.state_dict() for k, m in trainer.train_metrics.items() if hasattr(m, "state_dict")}
     return {
         "loss_sum": trainer.state.loss_sum.detach().cpu() if trainer.state.loss_sum is not None else None,
         "samples": trainer.state.samples,
+        "metrics_updated": trainer.state.metrics_updated,
         "metrics": move_to_device(metrics, torch.device("cpu"), non_blocking=False),
     }
 
@@ -139,7 +140,7 @@ def restore_checkpoint(trainer: Trainer, path: str | os.PathLike[str]) -> dict[s
             saved_epoch["loss_sum"].to(trainer.device) if saved_epoch.get("loss_sum") is not None else None
         )
         trainer.state.samples = int(saved_epoch.get("samples", 0))
-        trainer.state.metrics_updated = bool(saved_epoch.get("metrics"))
+        trainer.state.metrics_updated = bool(saved_epoch.get("metrics_updated", saved_epoch.get("metrics")))
         for name, metric in trainer.train_metrics.items():
             saved = saved_epoch.get("metrics", {}).get(name)
             if saved is not None and hasattr(metric, "load_state_dict"):
