@@ -843,3 +843,11 @@ def test_mid_epoch_checkpoint_keeps_whether_train_metrics_were_fed(tmp_path: Pat
     resumed.load_checkpoint(path)
     assert resumed.state.batch_idx == 3
     assert resumed.state.metrics_updated is fed  # a loss-only step must not log train metrics after a resume
+
+
+def test_fit_without_a_loss_says_what_to_pass_and_writes_nothing(tmp_path: Path) -> None:
+    model = _mlp()
+    trainer = trainkit.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), device="cpu", run_dir=tmp_path / "r")
+    with pytest.raises(ValueError, match=r"`Trainer.fit` needs `loss_fn=`.*`training_step=`"):
+        trainer.fit(DataLoader(_blobs(8), batch_size=4), epochs=1)
+    assert not (tmp_path / "r").exists()

@@ -259,6 +259,11 @@ class Trainer:
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"`epochs` must be a positive integer, got {epochs!r}")
+        if self.loss_fn is None and self._custom_step("training_step") is None:
+            raise ValueError(
+                "`Trainer.fit` needs `loss_fn=` (e.g. `torch.nn.CrossEntropyLoss()`), or `training_step=` / a "
+                "subclass overriding `training_step` that returns the loss"
+            )
         check_not_empty(train_loader, "train_loader")
         if val_loader is not None:
             check_not_empty(val_loader, "val_loader")
