@@ -209,3 +209,14 @@ def test_missing_folder_is_one_line_and_status_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "nope" in result.stderr or "nope" in result.stdout
+
+
+def test_predict_skips_hidden_files(trained: Path, tmp_path: Path) -> None:
+    images = tmp_path / "photos"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(images / "a.png")
+    (images / "._a.png").write_bytes(b"AppleDouble metadata, not an image")
+    result = run("predict", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--images", str(images),
+                 "--out", str(tmp_path / "out"), "--device", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]

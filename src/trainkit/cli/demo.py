@@ -70,10 +70,10 @@ def run_demo(
         scale=(1.0, 1.0),  # shapes are drawn at their final size: flips and colour jitter, no rescaling
         callbacks=list(extra_callbacks or []),
     )
-    trainer, history, settings = train_recipe(recipe)
+    trainer, history, settings, val_loader = train_recipe(recipe)
     best = run_dir / "checkpoints" / "best.pt"
     model, _ = load_recipe_model(best, device=trainer.device)
-    write_predictions(model, trainer.val_loader, run_dir / "predictions.png", settings, trainer.device)
+    write_predictions(model, val_loader, run_dir / "predictions.png", settings, trainer.device)
     scores = [row["val/miou"] for row in history if "val/miou" in row]
     return {
         "miou": max(scores) if scores else float("nan"),

@@ -222,7 +222,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    _, history, _ = train_recipe(recipe)
+    history = train_recipe(recipe).history
     last = history[-1] if history else {}
     shown = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train/loss", "val/")))
     print(f"train: {len(history)} epochs; {shown}; checkpoints in {args.run_dir}/checkpoints")

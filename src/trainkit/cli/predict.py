@@ -12,8 +12,6 @@ from trainkit.cli.recipe import load_recipe_model
 
 __all__ = ["predict_folder"]
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
 
 def predict_folder(
     checkpoint: str | Path,
@@ -35,24 +33,18 @@ def predict_folder(
     Example:
         >>> predict_folder("runs/demo/checkpoints/best.pt", "photos", "masks_out")  # doctest: +SKIP
     """
-    from natsort import natsorted
     from PIL import Image
 
     from trainkit.data._decode import read_image
+    from trainkit.data._pairing import list_image_files
     from trainkit.data.transforms import BatchNormalize
-    from trainkit.errors import DataError
     from trainkit.utils.device import resolve_device
     from trainkit.utils.plots import palette
 
     dev = resolve_device(device)
     model, settings = load_recipe_model(checkpoint, device=dev)
     data = settings["data"]
-    folder = Path(images)
-    if not folder.is_dir():
-        raise DataError(f"`--images {folder}` is not a folder")
-    files = natsorted((p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES), key=lambda p: p.name)
-    if not files:
-        raise DataError(f"`--images {folder}` holds no image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    files = list_image_files(images, recursive=False, role="--images")  # natural order, hidden files skipped
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     colours = np.asarray(palette(256), dtype=np.uint8).reshape(-1).tolist()

@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["Recipe", "build_model", "load_recipe_model", "train_recipe"]
+__all__ = ["Recipe", "RecipeRun", "build_model", "load_recipe_model", "train_recipe"]
 
 
 @dataclass
@@ -79,7 +78,7 @@ def load_recipe_model(path: str | os.PathLike[str], device: str | torch.device =
     Example:
         >>> model, settings = load_recipe_model("runs/demo/checkpoints/best.pt")  # doctest: +SKIP
     """
-    from trainkit.engine.checkpoint import load_checkpoint
+    from trainkit.engine.checkpoint import load_checkpoint, load_model_state
     from trainkit.errors import CheckpointError
 
     ckpt = load_checkpoint(path)
@@ -90,15 +89,25 @@ def load_recipe_model(path: str | os.PathLike[str], device: str | torch.device =
             "Python with `trainkit.load_checkpoint(path, model)` and your own model instead"
         )
     model = build_model(settings["model"])
-    load_checkpoint(path, model)
+    load_model_state(model, ckpt["model"], path=path)
     return model.to(device).eval(), settings
 
 
-def train_recipe(recipe: Recipe) -> tuple[Any, list[dict[str, float]], dict[str, Any]]:
-    """Train the UNet recipe; return the trainer, its history and the recipe settings saved with it.
+class RecipeRun(NamedTuple):
+    """What :func:`train_recipe` returns."""
+
+    trainer: Any
+    history: list[dict[str, float]]
+    settings: dict[str, Any]
+    val_loader: Any
+
+
+def train_recipe(recipe: Recipe) -> RecipeRun:
+    """Train the UNet recipe; return the trainer, its history, the settings saved with it and the val loader.
 
     Example:
-        >>> trainer, history, settings = train_recipe(Recipe("imgs", "masks", num_classes=2))  # doctest: +SKIP
+        >>> run = train_recipe(Recipe("imgs", "masks", num_classes=2))  # doctest: +SKIP
+        >>> run.history[-1]["val/miou"]  # doctest: +SKIP
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -184,8 +193,7 @@ def train_recipe(recipe: Recipe) -> tuple[Any, list[dict[str, float]], dict[str,
     }
     trainer.extra_state["recipe"] = settings
     history = trainer.fit(train_loader, val_loader, epochs=recipe.epochs, resume=recipe.resume)
-    trainer.val_loader = val_loader
-    return trainer, history, settings
+    return RecipeRun(trainer, history, settings, val_loader)
 
 
 def warmup_cosine(total_steps: int, warmup: float = 0.1, floor: float = 0.01) -> Any:
@@ -239,13 +247,3 @@ def _checkpoint(monitor: str) -> Any:
     from trainkit.engine import ModelCheckpoint
 
     return ModelCheckpoint(monitor=monitor, mode="max" if "miou" in monitor else "min")
-
-
-def default_run_dir(name: str) -> Path:
-    """``runs/<name>`` under the current folder.
-
-    Example:
-        >>> default_run_dir("demo").as_posix()
-        'runs/demo'
-    """
-    return Path("runs") / name
