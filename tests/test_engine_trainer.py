@@ -665,7 +665,7 @@ def test_early_stopping_stops_after_patience() -> None:
 
 def test_monitoring_a_missing_key_lists_the_logged_names() -> None:
     trainer = _trainer(_mlp(), callbacks=[EarlyStopping("val/miou", mode="max")])
-    with pytest.raises(KeyError, match=r"monitors 'val/miou'.*logged names: epoch, lr, train/loss, val/loss"):
+    with pytest.raises(ValueError, match=r"monitors 'val/miou'.*logged names: epoch, lr, train/loss, val/loss"):
         trainer.fit(DataLoader(_blobs(16), batch_size=8), DataLoader(_blobs(8, 1), batch_size=8), epochs=2)
 
 

@@ -37,7 +37,7 @@ def check_mode(mode: str) -> str:
 def monitored_value(logs: dict[str, float], monitor: str, who: str) -> float:
     """``logs[monitor]``, or a clear error listing what is logged."""
     if monitor not in logs:
-        raise KeyError(
+        raise ValueError(
             f"{who} monitors {monitor!r}, which this run does not log; logged names: {', '.join(sorted(logs))}. "
             "Monitored names are 'train/loss', 'val/loss' and 'val/<metric>' (a validation loader is needed for val/*)"
         )
