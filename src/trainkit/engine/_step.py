@@ -186,13 +186,13 @@ def explain_errors(*, batch_size: int | None, where: str) -> Iterator[None]:
         raise TrainingError(
             f"out of memory during {where} with {size}: lower `batch_size` (e.g. to {max(1, (batch_size or 2) // 2)}) "
             "and keep the effective batch with `grad_accum=`, turn on `amp='auto'`, use smaller inputs (`size=`) or "
-            f"a smaller model. Original error: {_first_line(err)}"
+            f"a smaller model. Original error: {first_line(err)}"
         ) from err
     except (RuntimeError, IndexError, ValueError) as err:  # torch raises ValueError for some shape mismatches
         hint = _hint_for(str(err))
         if hint is None:
             raise
-        raise TrainingError(f"{where} failed: {hint}. Original error: {_first_line(err)}") from err
+        raise TrainingError(f"{where} failed: {hint}. Original error: {first_line(err)}") from err
 
 
 def _hint_for(message: str) -> str | None:
@@ -248,5 +248,6 @@ _TARGET_SHAPE_ERRORS = (
 _INPUT_SHAPE_ERRORS = ("shapes cannot be multiplied", "channels, but got")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (or its type name), for messages that quote it."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from trainkit.engine._step import first_line as _first_line
 from trainkit.errors import CheckpointError
 
 __all__ = ["FORMAT_VERSION", "load_checkpoint", "save_checkpoint", "unwrap_model"]
@@ -277,11 +278,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _version() -> str:

@@ -30,7 +30,6 @@ from trainkit.engine._step import (
     StepFn,
     StepOutput,
     as_step_output,
-    batch_size_of,
     explain_errors,
     split_batch,
 )
@@ -289,12 +288,8 @@ def predict(
     model.eval()
     try:
         with torch.inference_mode():
-            for i, batch in enumerate(loader):
-                batch = move_to_device(batch, device)
-                if batch_transform is not None:
-                    batch = batch_transform(batch)
-                where = f"prediction (batch {i})"
-                with explain_errors(batch_size=batch_size_of(batch), where=where), precision.autocast():
+            for i, (n, batch) in enumerate(device_batches(loader, device, transform=batch_transform)):
+                with explain_errors(batch_size=n, where=f"prediction (batch {i})"), precision.autocast():
                     out = step_fn(batch) if step_fn is not None else model(_inputs_of(batch))
                 outputs.append(move_to_device(out, torch.device("cpu"), non_blocking=False))
     finally:
