@@ -11,7 +11,7 @@ exactly what a hand-written loop over the user's loader would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -171,8 +171,3 @@ def _set_states(batch_sampler: Any, state: dict[str, Any]) -> None:
     sampler = getattr(batch_sampler, "sampler", None)
     if "sampler_epoch" in state and hasattr(sampler, "set_epoch"):
         sampler.set_epoch(state["sampler_epoch"])
-
-
-def loader_length(loader: Any) -> int | None:
-    """``len(loader)``, or ``None`` when it has no length."""
-    return len(loader) if isinstance(loader, Sized) else None
