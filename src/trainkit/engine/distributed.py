@@ -148,12 +148,22 @@ class DistributedContext:
 
     @property
     def enabled(self) -> bool:
-        """More than one process."""
+        """More than one process.
+
+        Example:
+            >>> DistributedContext(rank=0, local_rank=0, world_size=2).enabled
+            True
+        """
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the process that prints and writes files."""
+        """Rank 0: the process that prints and writes files.
+
+        Example:
+            >>> DistributedContext(rank=1, local_rank=1, world_size=2).is_main
+            False
+        """
         return self.rank == 0
 
     def wrap_model(

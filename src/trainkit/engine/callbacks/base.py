@@ -41,32 +41,85 @@ class Callback:
     """
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        """Called once when ``fit`` starts, after a resume has been loaded."""
+        """Called once when ``fit`` starts, after a resume has been loaded.
+
+        Example:
+            >>> class Announce(Callback):
+            ...     def on_fit_start(self, trainer):
+            ...         print(f"training from epoch {trainer.state.epoch + 1}")
+        """
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        """Called before the training pass of ``epoch`` (1-based)."""
+        """Called before the training pass of ``epoch`` (1-based).
+
+        Example:
+            >>> class Unfreeze(Callback):
+            ...     def on_epoch_start(self, trainer, epoch):
+            ...         if epoch == 5:
+            ...             trainer.module.requires_grad_(True)
+        """
 
     def on_train_batch_end(self, trainer: Trainer, state: LoopState, output: StepOutput) -> None:
-        """Called after every training batch; ``state.global_step`` counts optimizer steps."""
+        """Called after every training batch; ``state.global_step`` counts optimizer steps.
+
+        Example:
+            >>> class EveryHundredSteps(Callback):
+            ...     def on_train_batch_end(self, trainer, state, output):
+            ...         if state.global_step % 100 == 0:
+            ...             print(state.global_step)
+        """
 
     def on_validation_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        """Called with the validation results (``{"val/loss": ..., "val/<metric>": ...}``)."""
+        """Called with the validation results (``{"val/loss": ..., "val/<metric>": ...}``).
+
+        Example:
+            >>> class PrintVal(Callback):
+            ...     def on_validation_end(self, trainer, logs):
+            ...         print(logs.get("val/miou"))
+        """
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        """Called with the epoch's history row, after it is logged."""
+        """Called with the epoch's history row, after it is logged.
+
+        Example:
+            >>> class StopAtTarget(Callback):
+            ...     def on_epoch_end(self, trainer, logs):
+            ...         trainer.should_stop = logs.get("val/miou", 0.0) >= 0.95
+        """
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        """Called once when ``fit`` ends normally or by ``should_stop``."""
+        """Called once when ``fit`` ends normally or by ``should_stop``.
+
+        Example:
+            >>> class Done(Callback):
+            ...     def on_fit_end(self, trainer):
+            ...         print(len(trainer.history), "epochs")
+        """
 
     def on_exception(self, trainer: Trainer, error: BaseException) -> None:
-        """Called when ``fit`` is interrupted by an exception (Ctrl-C included) before it propagates."""
+        """Called when ``fit`` is interrupted by an exception (Ctrl-C included) before it propagates.
+
+        Example:
+            >>> class Report(Callback):
+            ...     def on_exception(self, trainer, error):
+            ...         print(f"stopped at step {trainer.state.global_step}: {error!r}")
+        """
 
     def state_dict(self) -> dict[str, Any]:
-        """State to save in checkpoints (default: nothing)."""
+        """State to save in checkpoints (default: nothing).
+
+        Example:
+            >>> Callback().state_dict()
+            {}
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        Example:
+            >>> Callback().load_state_dict({})
+        """
 
 
 class CallbackList:

@@ -28,14 +28,24 @@ def is_improvement(value: float, best: float | None, mode: str, min_delta: float
 
 
 def check_mode(mode: str) -> str:
-    """Validate a ``mode`` argument."""
+    """Validate a ``mode`` argument.
+
+    Example:
+        >>> check_mode("max")
+        'max'
+    """
     if mode not in ("min", "max"):
         raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}")
     return mode
 
 
 def monitored_value(logs: dict[str, float], monitor: str, who: str) -> float:
-    """``logs[monitor]``, or a clear error listing what is logged."""
+    """``logs[monitor]``, or a clear error listing what is logged.
+
+    Example:
+        >>> monitored_value({"val/loss": 0.25}, "val/loss", "EarlyStopping")
+        0.25
+    """
     if monitor not in logs:
         raise ValueError(
             f"{who} monitors {monitor!r}, which this run does not log; logged names: {', '.join(sorted(logs))}. "
@@ -67,7 +77,15 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        """Count epochs without improvement; stop when they exceed ``patience``."""
+        """Count epochs without improvement; stop when they exceed ``patience``.
+
+        Example:
+            >>> stop = EarlyStopping("val/loss", patience=0)
+            >>> trainer = type("T", (), {"should_stop": False})()
+            >>> stop.on_epoch_end(trainer, {"epoch": 1, "val/loss": 0.5})
+            >>> stop.on_epoch_end(trainer, {"epoch": 2, "val/loss": 0.6}); trainer.should_stop
+            True
+        """
         value = monitored_value(logs, self.monitor, "EarlyStopping")
         if is_improvement(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
@@ -78,9 +96,19 @@ class EarlyStopping(Callback):
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
-        """Best value and epochs waited."""
+        """Best value and epochs waited.
+
+        Example:
+            >>> EarlyStopping().state_dict()
+            {'best': None, 'wait': 0}
+        """
         return {"best": self.best, "wait": self.wait}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore best value and epochs waited."""
+        """Restore best value and epochs waited.
+
+        Example:
+            >>> stop = EarlyStopping(); stop.load_state_dict({"best": 0.3, "wait": 2}); stop.wait
+            2
+        """
         self.best, self.wait = state.get("best"), int(state.get("wait", 0))

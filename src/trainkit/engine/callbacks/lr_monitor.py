@@ -32,11 +32,20 @@ class LearningRateMonitor(Callback):
         self._last_step = -1
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        """Put the rates the epoch starts with into its history row."""
+        """Put the rates the epoch starts with into its history row.
+
+        Example:
+            >>> LearningRateMonitor().on_epoch_start(trainer, 1); trainer.epoch_logs["lr-group0"]  # doctest: +SKIP
+            0.001
+        """
         trainer.epoch_logs.update(_rates(trainer))
 
     def on_train_batch_end(self, trainer: Trainer, state: LoopState, output: StepOutput) -> None:
-        """Send the rates to the step loggers after each optimizer step."""
+        """Send the rates to the step loggers after each optimizer step.
+
+        Example:
+            >>> LearningRateMonitor("step").on_train_batch_end(trainer, trainer.state, output)  # doctest: +SKIP
+        """
         if self.logging_interval == "step" and state.global_step != self._last_step:
             self._last_step = state.global_step
             trainer.log_scalars(_rates(trainer), state.global_step)

@@ -89,13 +89,21 @@ class ModelCheckpoint(Callback):
         return folder
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        """Fall back to ``train/loss`` when the default ``val/loss`` cannot exist."""
+        """Fall back to ``train/loss`` when the default ``val/loss`` cannot exist.
+
+        Example:
+            >>> ModelCheckpoint().on_fit_start(trainer)  # doctest: +SKIP
+        """
         self.folder(trainer)
         if not self._monitor_given and not trainer.has_validation:
             self.monitor = "train/loss"
 
     def on_train_batch_end(self, trainer: Trainer, state: LoopState, output: StepOutput) -> None:
-        """Mid-epoch ``last.pt`` every ``every_n_steps`` optimizer steps, at an accumulation boundary."""
+        """Mid-epoch ``last.pt`` every ``every_n_steps`` optimizer steps, at an accumulation boundary.
+
+        Example:
+            >>> ModelCheckpoint(every_n_steps=100).on_train_batch_end(trainer, trainer.state, output)  # doctest: +SKIP
+        """
         if not self.every_n_steps or not self.save_last:
             return
         boundary = trainer.at_step_boundary(state)
@@ -103,7 +111,11 @@ class ModelCheckpoint(Callback):
             self._save_last(trainer, state.global_step)
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        """``last.pt`` every epoch; ``best.pt`` when the monitored value improves."""
+        """``last.pt`` every epoch; ``best.pt`` when the monitored value improves.
+
+        Example:
+            >>> ModelCheckpoint(monitor="val/miou", mode="max").on_epoch_end(trainer, logs)  # doctest: +SKIP
+        """
         if self.save_best:
             if not self._monitor_given and self.monitor not in logs:
                 self.monitor = "train/loss"  # the default val/loss needs a validation step that returns a loss
@@ -127,11 +139,21 @@ class ModelCheckpoint(Callback):
                 old.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
-        """The best monitored value so far."""
+        """The best monitored value so far.
+
+        Example:
+            >>> ModelCheckpoint().state_dict()
+            {'best': None, 'monitor': 'val/loss'}
+        """
         return {"best": self.best, "monitor": self.monitor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the best monitored value."""
+        """Restore the best monitored value (ignored when it was saved for another monitor).
+
+        Example:
+            >>> ckpt = ModelCheckpoint(); ckpt.load_state_dict({"best": 0.1, "monitor": "val/loss"}); ckpt.best
+            0.1
+        """
         if state.get("monitor", self.monitor) == self.monitor:
             self.best = state.get("best")
 
