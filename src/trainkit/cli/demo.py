@@ -41,7 +41,7 @@ def run_demo(
 
     Example:
         >>> result = run_demo("runs/demo", epochs=1, n=16, size=32)  # doctest: +SKIP
-        >>> sorted(result)
+        >>> sorted(result)  # doctest: +SKIP
         ['epochs', 'miou', 'run_dir', 'seconds']
     """
     from trainkit.data import make_shapes
