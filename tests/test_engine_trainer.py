@@ -851,3 +851,12 @@ def test_fit_without_a_loss_says_what_to_pass_and_writes_nothing(tmp_path: Path)
     with pytest.raises(ValueError, match=r"`Trainer.fit` needs `loss_fn=`.*`training_step=`"):
         trainer.fit(DataLoader(_blobs(8), batch_size=4), epochs=1)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("grad_accum", [0, 2.0, True])
+def test_train_one_epoch_checks_grad_accum_like_the_trainer(grad_accum) -> None:
+    model = _mlp()
+    with pytest.raises(ValueError, match=r"`grad_accum` must be a positive integer"):
+        train_one_epoch(
+            model, [], torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), grad_accum=grad_accum
+        )

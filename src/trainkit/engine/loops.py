@@ -107,7 +107,7 @@ def train_one_epoch(
         >>> sorted(logs)
         ['loss']
     """
-    if grad_accum < 1 or int(grad_accum) != grad_accum:
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
         raise ValueError(f"`grad_accum` must be a positive integer, got {grad_accum!r}")
     if on_nan not in ("raise", "skip"):
         raise ValueError(f"`on_nan` must be 'raise' or 'skip', got {on_nan!r}")
