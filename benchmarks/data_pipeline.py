@@ -8,7 +8,9 @@ the Penn-Fudan layout) to a temporary folder, then runs every pipeline through a
 * ``notes semantic`` / ``notes instance``: the practitioner notes' pipeline (Penn-Fudan tutorial):
   ``Image.open`` -> ``np.array`` -> ``TF.to_tensor``; ``obj_ids = np.unique(mask)[1:]``,
   ``masks = mask == obj_ids[:, None, None]``, boxes from ``np.where`` per object;
-* ``trainkit semantic`` / ``trainkit instance``: ``SegmentationDataset`` + ``collate`` / ``collate_instances``.
+* ``trainkit semantic`` / ``trainkit instance``: ``SegmentationDataset`` + ``collate`` / ``collate_instances``;
+* ``trainkit semantic + train_preset``: the same with ``train_preset(256, normalize=False)`` (random scale,
+  crop to 256x256, flip, colour jitter) under per-sample seeding, as in training.
 
 Workers are persistent and each configuration gets one warm-up epoch, so the figures are steady state:
 samples/s is the median over ``--repeats`` epochs (wall clock), with the pipelines' epochs alternating so that
@@ -44,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import decode_image, read_file
 
 from trainkit.data import SegmentationDataset, collate, collate_instances, make_shapes
+from trainkit.data.transforms import train_preset
 
 DECODE = "decode only (torchvision.io)"
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             (DECODE, DecodeOnly(root), default_collate),
             ("notes semantic", NotesPipeline(root, instance=False), default_collate),
             ("trainkit semantic", semantic(root), collate),
+            ("trainkit semantic + train_preset", semantic(root, train_preset(256, normalize=False)), collate),
             ("notes instance", NotesPipeline(root, instance=True), tuple_collate),
             ("trainkit instance", instance(root), collate_instances),
         ]
@@ -189,11 +193,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.repeats} epochs, pipelines alternating"
         )
         header = (
-            f"{'pipeline':30s} {'workers':>7s} {'samples/s':>10s} {'vs notes':>9s} {'vs decode':>10s}"
+            f"{'pipeline':34s} {'workers':>7s} {'samples/s':>10s} {'vs notes':>9s} {'vs decode':>10s}"
             f" {'CPU ms/sample':>14s} {'vs notes':>9s} {'vs decode':>10s}"
         )
         print(header)
-        print(f"{'':30s} {'':7s} {'(wall clock)':>30s} {'(all processes)':>36s}")
+        print(f"{'':34s} {'':7s} {'(wall clock)':>30s} {'(all processes)':>36s}")
         print("-" * len(header))
         for workers in args.workers:
             results = measure(pipelines, workers, args.batch_size, args.repeats)
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                 notes = results.get(f"notes {name.split()[-1]}") if name.startswith("trainkit") else None
                 decode = results[DECODE] if name != DECODE else None
                 print(
-                    f"{name:30s} {workers:7d} {rate:10.1f} {_ratio(rate, notes and notes[0]):>9s} "
+                    f"{name:34s} {workers:7d} {rate:10.1f} {_ratio(rate, notes and notes[0]):>9s} "
                     f"{_ratio(rate, decode and decode[0]):>10s} {cpu_ms:14.2f} "
                     f"{_ratio(notes and notes[1], cpu_ms):>9s} {_ratio(decode and decode[1], cpu_ms):>10s}"
                 )
@@ -212,8 +216,10 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else ""
 
 
-def semantic(root: Path) -> SegmentationDataset:
-    return SegmentationDataset(root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="semantic", seed=0)
+def semantic(root: Path, transforms: Callable | None = None) -> SegmentationDataset:
+    return SegmentationDataset(
+        root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="semantic", seed=0, transforms=transforms
+    )
 
 
 def instance(root: Path) -> SegmentationDataset:
