@@ -15,6 +15,7 @@ PyTorch does the distribution; this module only does the bookkeeping. When ``tor
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 import warnings
@@ -144,7 +145,9 @@ class DistributedContext:
             device_id=device if device.type == "cuda" else None,
             **({"store": store, "rank": env["rank"], "world_size": env["world_size"]} if store is not None else {}),
         )
-        return cls(env["rank"], env["local_rank"], env["world_size"], owns_group=True)
+        context = cls(env["rank"], env["local_rank"], env["world_size"], owns_group=True)
+        atexit.register(context.shutdown)  # the group we created is destroyed when the script ends
+        return context
 
     @property
     def enabled(self) -> bool:
