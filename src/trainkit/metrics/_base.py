@@ -19,6 +19,7 @@ integer ``[N, ...]`` like target             labels, used as they are
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +32,7 @@ __all__ = ["Metric"]
 _REDUCE_OPS = ("sum", "min", "max")
 
 
-class Metric:
+class Metric(abc.ABC):
     """Base class and protocol of trainkit's streaming metrics: ``update`` / ``compute`` / ``reset``.
 
     Any object with these three methods (a torchmetrics metric, for instance) can be passed to the
@@ -67,21 +68,21 @@ class Metric:
         self._state: dict[str, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------- subclass interface
+    @abc.abstractmethod
     def _state_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Name → (shape, reduce op) of every int64 state tensor. Reduce ops: 'sum', 'min', 'max'."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _update(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
         """Add one batch to ``state`` with tensor operations only.
 
         Entries are replaced (``state[k] = state[k] + counts``), not updated in place: a state made
         under ``torch.inference_mode()`` (an evaluation loop) then stays usable outside it.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
         """Turn a (synced) state into the metric's value."""
-        raise NotImplementedError
 
     # ----------------------------------------------------------------- public protocol
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:

@@ -18,6 +18,8 @@ raises a ``ValueError`` naming them.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from trainkit.metrics._base import (
@@ -149,7 +151,38 @@ class ConfusionMatrix(_ConfusionMetric):
         return self._matrix(state).clone()
 
 
-class MeanIoU(_ConfusionMetric):
+class _ClassMean(_ConfusionMetric):
+    """A per-class score from (TP, FP, FN), averaged over the classes that occur (``nan`` ones left out)."""
+
+    def per_class(self) -> torch.Tensor:
+        """Return the float32 ``[C]`` score of each class (``nan`` for absent or ignored classes).
+
+        Example:
+            >>> metric = MeanIoU(num_classes=3)
+            >>> metric.update(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 0]))
+            >>> metric.per_class()
+            tensor([0.6667, 0.5000,    nan])
+            >>> dice = Dice(num_classes=2)
+            >>> dice.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [0, 1]]))
+            >>> dice.per_class()
+            tensor([0.6667, 0.8000])
+        """
+        return self._per_class(self._synced_state())
+
+    def _per_class(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        tp, fp, fn = self._stats(state)
+        return self._finish(self._score(tp, fp, fn))
+
+    def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.nanmean(self._per_class(state))
+
+    @staticmethod
+    @abc.abstractmethod
+    def _score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+        """The per-class score from true positives, false positives and false negatives."""
+
+
+class MeanIoU(_ClassMean):
     """Mean intersection over union (Jaccard index) over an epoch: ``IoU_c = TP / (TP + FP + FN)``.
 
     A class absent from both target and prediction over the whole epoch has no IoU (``nan`` in
@@ -171,26 +204,12 @@ class MeanIoU(_ConfusionMetric):
         0.5833
     """
 
-    def per_class(self) -> torch.Tensor:
-        """Return the float32 ``[C]`` IoU of each class (``nan`` for absent or ignored classes).
-
-        Example:
-            >>> metric = MeanIoU(num_classes=3)
-            >>> metric.update(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 0]))
-            >>> metric.per_class()
-            tensor([0.6667, 0.5000,    nan])
-        """
-        return self._per_class(self._synced_state())
-
-    def _per_class(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        tp, fp, fn = self._stats(state)
-        return self._finish(tp / (tp + fp + fn))
-
-    def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.nanmean(self._per_class(state))
+    @staticmethod
+    def _score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+        return tp / (tp + fp + fn)
 
 
-class Dice(_ConfusionMetric):
+class Dice(_ClassMean):
     """Mean Dice (F1) score over an epoch: ``Dice_c = 2 TP / (2 TP + FP + FN)``.
 
     Absent classes are handled as in :class:`MeanIoU`: ``nan`` per class, left out of the mean
@@ -209,23 +228,9 @@ class Dice(_ConfusionMetric):
         0.7333
     """
 
-    def per_class(self) -> torch.Tensor:
-        """Return the float32 ``[C]`` Dice of each class (``nan`` for absent or ignored classes).
-
-        Example:
-            >>> metric = Dice(num_classes=2)
-            >>> metric.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [0, 1]]))
-            >>> metric.per_class()
-            tensor([0.6667, 0.8000])
-        """
-        return self._per_class(self._synced_state())
-
-    def _per_class(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        tp, fp, fn = self._stats(state)
-        return self._finish(2 * tp / (2 * tp + fp + fn))
-
-    def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.nanmean(self._per_class(state))
+    @staticmethod
+    def _score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+        return 2 * tp / (2 * tp + fp + fn)
 
 
 class PixelAccuracy(_ConfusionMetric):
