@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainkit.engine._step import StepOutput
-from trainkit.engine.loop_state import LoopState, check_learning_rates
+from trainkit.engine.loop_state import LoopState, check_learning_rates, loss_totals, mean_of
 from trainkit.engine.loops import train_one_epoch
 from trainkit.engine.progress import Progress
 from trainkit.engine.run_state import epoch_batches
@@ -78,10 +78,7 @@ def reduce_train_loss(trainer: Trainer, train: dict[str, float]) -> dict[str, fl
     """
     if not trainer.dist.enabled or "loss" not in train:
         return train
-    zero = torch.zeros((), dtype=torch.float64, device=trainer.device)
-    loss_sum = trainer.state.loss_sum.to(trainer.device, torch.float64) if trainer.state.loss_sum is not None else zero
-    total = trainer.dist.all_reduce_sum(torch.stack([loss_sum, zero + trainer.state.samples]))
-    return {**train, "loss": float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")}
+    return {**train, "loss": mean_of(loss_totals(trainer.state, trainer.device, trainer.dist.all_reduce_sum))}
 
 
 def step_epoch_scheduler(trainer: Trainer, logs: dict[str, float]) -> None:

@@ -9,6 +9,7 @@ check that a scheduler left every learning rate at zero or above.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -150,6 +151,34 @@ def _finite_on_all_ranks(finite: bool, device: torch.device) -> bool:
     flag = torch.tensor(float(finite), device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item() > 0)
+
+
+def loss_totals(
+    state: LoopState, device: torch.device, reduce: Callable[[torch.Tensor], torch.Tensor] | None, *flags: bool
+) -> torch.Tensor:
+    """``[loss sum, samples, *flags]`` of this pass, summed over ranks by ``reduce`` (sums, never means).
+
+    Every rank makes the same collective, also one whose shard was empty (its sums are zero).
+
+    Example:
+        >>> state = LoopState(); state.add_loss(torch.tensor(0.5), 4)
+        >>> loss_totals(state, torch.device("cpu"), None).tolist()
+        [2.0, 4.0]
+    """
+    zero = torch.zeros((), dtype=_acc_dtype(device), device=device)
+    loss_sum = state.loss_sum.to(device, zero.dtype) if state.loss_sum is not None else zero
+    total = torch.stack([loss_sum, zero + state.samples, *(zero + flag for flag in flags)])
+    return reduce(total) if reduce is not None else total
+
+
+def mean_of(total: torch.Tensor) -> float:
+    """``loss sum / samples`` from :func:`loss_totals`, ``nan`` without samples.
+
+    Example:
+        >>> mean_of(torch.tensor([2.0, 4.0]))
+        0.5
+    """
+    return float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:

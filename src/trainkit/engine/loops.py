@@ -35,11 +35,12 @@ from trainkit.engine._step import (
 )
 from trainkit.engine.loop_state import (
     LoopState,
-    _acc_dtype,
     _finite_on_all_ranks,
     _finite_or_record,
     _running_values,
     check_learning_rates,
+    loss_totals,
+    mean_of,
     raise_if_nonfinite,
 )
 from trainkit.engine.precision import MixedPrecision
@@ -249,14 +250,11 @@ def evaluate(
     results: dict[str, float] = {}
     has_loss, fed = state.loss_sum is not None, state.metrics_updated
     if has_loss or reduce is not None:
-        zero = torch.zeros((), dtype=_acc_dtype(device), device=device)
-        loss_sum = state.loss_sum.to(device, zero.dtype) if state.loss_sum is not None else zero
-        total = torch.stack([loss_sum, zero + state.samples, zero + has_loss, zero + fed])
-        if reduce is not None:  # sums, not means; the same collective on every rank, also on one with an empty shard
-            total = reduce(total)
+        total = loss_totals(state, device, reduce, has_loss, fed)
+        if reduce is not None:
             has_loss, fed = float(total[2]) > 0, float(total[3]) > 0
         if has_loss:
-            results["loss"] = float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
+            results["loss"] = mean_of(total)
     if fed or (reduce is None and _distributed()):  # every rank joins the metrics' all-reduce, fed or not
         results.update(compute_metrics(metrics))
     return results
