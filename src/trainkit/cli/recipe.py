@@ -9,6 +9,7 @@ and ``trainkit summary`` can rebuild the model from the file alone.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -131,9 +132,8 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
     train_ds = SegmentationDataset(
         recipe.images, recipe.masks, transforms=train_preset(recipe.size, scale=recipe.scale, normalize=False), **common
     )
-    val_ds = SegmentationDataset(
-        recipe.images, recipe.masks, transforms=eval_preset(recipe.size, normalize=False), **common
-    )
+    val_ds = copy.copy(train_ds)  # the same pairs, listed and paired once; only the transforms differ
+    val_ds.transforms = eval_preset(recipe.size, normalize=False)
     num_classes = _num_classes(recipe, color_map)
     train_idx, val_idx = split_indices(len(train_ds), recipe.val_split, recipe.seed)
     loader_kwargs = dict(
