@@ -176,6 +176,73 @@ def test_accuracy_binary_logits_labels_and_ignore_index() -> None:
     assert ignoring.compute().item() == pytest.approx(0.5)
 
 
+def _labelled_batches(n: int, num_classes: int = 5, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Classification logits and targets of varying batch size (the training loop's case)."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(1, 9, (n,), generator=g).tolist()
+    return [(torch.randn(k, num_classes, generator=g), torch.randint(0, num_classes, (k,), generator=g)) for k in sizes]
+
+
+def test_accuracy_training_path_matches_torchmetrics_across_folds_and_large_batches() -> None:
+    # 150 small batches are reduced 64 at a time (two folds and a rest); a 2x64x64 batch is reduced at once.
+    ours, theirs = Accuracy(num_classes=5), MulticlassAccuracy(5, average="micro")
+    batches = _labelled_batches(150)
+    g = torch.Generator().manual_seed(1)
+    batches.insert(70, (torch.randn(2, 5, 64, 64, generator=g), torch.randint(0, 5, (2, 64, 64), generator=g)))
+    for logits, target in batches:
+        ours.update(logits, target)
+        theirs.update(logits, target)
+    assert ours.compute().item() == pytest.approx(theirs.compute().item(), abs=1e-7)
+    state = ours.state_dict()
+    assert state["total"].item() == sum(t.numel() for _, t in batches)
+    assert (state["target_min"].item(), state["target_max"].item()) == (0, 4)
+
+
+def test_accuracy_counts_waiting_to_be_folded_reach_every_reader() -> None:
+    batches = _labelled_batches(10, seed=3)  # fewer than a fold: all of them are still deferred
+    whole, first, second = Accuracy(num_classes=5), Accuracy(num_classes=5), Accuracy(num_classes=5)
+    for i, (logits, target) in enumerate(batches):
+        whole.update(logits, target)
+        (first if i < 6 else second).update(logits, target)
+    expected = sum((logits.argmax(1) == target).sum().item() for logits, target in batches) / sum(
+        t.numel() for _, t in batches
+    )
+    assert whole.state_dict()["correct"].item() / whole.state_dict()["total"].item() == pytest.approx(expected)
+    restored = Accuracy(num_classes=5)
+    restored.load_state_dict(first.state_dict())
+    assert restored.merge_(second).compute().item() == pytest.approx(expected)
+    assert first.merge_(second).compute().item() == pytest.approx(expected)
+    assert whole.to("cpu").compute().item() == pytest.approx(expected)
+    whole.update(*batches[0])
+    whole.reset()  # drops what was deferred too
+    whole.update(torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0]]), torch.tensor([1]))
+    assert whole.compute().item() == 1.0
+    whole.update(torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]]), torch.tensor([1]))
+    whole.load_state_dict(Accuracy(num_classes=5).state_dict())  # replaces the counts, deferred ones included
+    assert math.isnan(whole.compute().item())
+
+
+def test_accuracy_keeps_its_own_copy_of_a_target_the_caller_reuses() -> None:
+    metric = Accuracy(num_classes=3)
+    target = torch.tensor([0, 1, 2])
+    metric.update(torch.eye(3) * 5, target)  # three hits, still deferred
+    target.fill_(9)  # a caller that refills one target buffer every step
+    metric.update(torch.eye(3) * 5, target.fill_(2))
+    assert metric.compute().item() == pytest.approx(4 / 6)
+
+
+def test_accuracy_training_path_reports_ids_out_of_range_with_the_values() -> None:
+    metric = Accuracy(num_classes=3)
+    metric.update(torch.randn(4, 3), torch.tensor([0, 1, 5, 2]))
+    metric.update(torch.randn(2, 3), torch.tensor([-100, 1]))  # CrossEntropyLoss's default ignore_index
+    with pytest.raises(
+        ValueError,
+        match=r"elements since the last `reset\(\)` had class ids outside \[0, 3\): target id -100 \(smallest "
+        r"seen\), target id 5 \(largest seen\); `num_classes=3`, `ignore_index=None`",
+    ):
+        metric.compute()
+
+
 def test_compute_before_update_is_nan_and_confusion_matrix_is_zero() -> None:
     assert math.isnan(MeanIoU(num_classes=2).compute().item())
     assert math.isnan(Dice(num_classes=2).compute().item())
@@ -193,11 +260,16 @@ def test_empty_batch_changes_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: MeanIoU(num_classes=4), lambda: Accuracy(num_classes=4, top_k=2, ignore_index=255)]
+    "make",
+    [
+        lambda: MeanIoU(num_classes=4),
+        lambda: Accuracy(num_classes=4, top_k=2, ignore_index=255),
+        lambda: Accuracy(num_classes=4, ignore_index=None),  # the training loop's path, folded every 64 batches
+    ],
 )
 def test_update_never_reads_values_on_the_host(make, monkeypatch: pytest.MonkeyPatch) -> None:
     metric = make()
-    batches = _batches()
+    batches = [(logits, target.clamp(max=3)) for logits, target in _batches()]
     metric.update(*batches[0])  # the first update creates the state
 
     def no_sync(*args, **kwargs):
@@ -205,7 +277,7 @@ def test_update_never_reads_values_on_the_host(make, monkeypatch: pytest.MonkeyP
 
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, no_sync)
-    for logits, target in batches[1:]:
+    for logits, target in batches[1:] * 40:
         metric.update(logits, target)
     monkeypatch.undo()
     assert all(t.device == torch.device("cpu") for t in metric.state_dict().values())

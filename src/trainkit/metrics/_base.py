@@ -66,6 +66,7 @@ class Metric(abc.ABC):
             raise TypeError(f"`sync_on_compute` must be True or False; got {sync_on_compute!r}")
         self.sync_on_compute = sync_on_compute
         self._state: dict[str, torch.Tensor] | None = None
+        self._deferred: list[Any] = []  # per-batch values a subclass folds in later (see `_fold`)
 
     # ----------------------------------------------------------------- subclass interface
     @abc.abstractmethod
@@ -123,7 +124,12 @@ class Metric(abc.ABC):
                     f"{device} since the first update; keep inputs on one device, or call "
                     f"`metric.to({str(target.device)!r})` first"
                 )
-        self._update(self._state, preds.detach(), target.detach())
+        # Detach only what records a graph: `detach()` makes a new tensor object each call.
+        self._update(
+            self._state,
+            preds.detach() if preds.requires_grad else preds,
+            target.detach() if target.requires_grad else target,
+        )
 
     def compute(self) -> torch.Tensor:
         """Return the metric over everything seen since the last ``reset()`` (across ranks when synced).
@@ -149,6 +155,7 @@ class Metric(abc.ABC):
             tensor(nan)
         """
         self._state = None
+        self._deferred = []
 
     def to(self, device: str | torch.device) -> Metric:
         """Move the counts (if any) to ``device``; returns ``self`` like ``nn.Module.to``.
@@ -158,6 +165,7 @@ class Metric(abc.ABC):
             >>> MeanIoU(num_classes=3).to("cpu").compute()
             tensor(nan)
         """
+        self._fold()
         if self._state is not None:
             self._state = {k: v.to(device) for k, v in self._state.items()}
         return self
@@ -170,6 +178,7 @@ class Metric(abc.ABC):
             >>> sorted(ConfusionMatrix(num_classes=2).state_dict())
             ['confmat', 'label_max', 'label_min', 'out_of_range']
         """
+        self._fold()
         state = self._state if self._state is not None else self._zero_state(torch.device("cpu"))
         return {k: v.clone() for k, v in state.items()}
 
@@ -199,6 +208,7 @@ class Metric(abc.ABC):
                     f"expected {shape}; was it saved from a metric with other settings ({self!r})?"
                 )
         self._state = {name: state_dict[name].to(torch.int64).clone() for name in spec}
+        self._deferred = []
 
     def merge_(self, other: Metric) -> Metric:
         """Add the counts of ``other`` (same class and settings) into this metric, in place; returns ``self``.
@@ -217,6 +227,8 @@ class Metric(abc.ABC):
         """
         if type(other) is not type(self):
             raise TypeError(f"`{type(self).__name__}.merge_` needs another {type(self).__name__}; got {type(other)}")
+        self._fold()
+        other._fold()
         if other._state is None:
             return self
         mine = self.state_dict() if self._state is None else self._state
@@ -236,6 +248,13 @@ class Metric(abc.ABC):
         return ""
 
     # ----------------------------------------------------------------- machinery
+    # A kernel on a tiny tensor costs microseconds whatever it computes (a reduction in a training loop
+    # on the CPU, ~10-20 us), and a training step pays for each one. A subclass may keep per-batch values
+    # in `self._deferred` and reduce many batches at once in `_fold`, which runs before anything reads
+    # the state; `reset` and `load_state_dict` drop what is deferred.
+    def _fold(self) -> None:  # noqa: B027 - an optional hook: most metrics defer nothing
+        """Fold ``self._deferred`` into ``self._state`` (nothing is deferred by default)."""
+
     def _zero_state(self, device: torch.device) -> dict[str, torch.Tensor]:
         state = {}
         for name, (shape, op) in self._state_spec().items():
@@ -245,6 +264,7 @@ class Metric(abc.ABC):
 
     def _synced_state(self) -> dict[str, torch.Tensor]:
         """The state to compute from: local, or an all-reduced copy under a multi-process group."""
+        self._fold()
         distributed = self.sync_on_compute and dist.is_available() and dist.is_initialized()
         if not distributed or dist.get_world_size() <= 1:
             return self._state if self._state is not None else self._zero_state(torch.device("cpu"))
@@ -359,24 +379,37 @@ def label_extremes(target: torch.Tensor, preds: torch.Tensor, kept: torch.Tensor
     return both.amin(dim=1), both.amax(dim=1)
 
 
-def raise_if_out_of_range(state: dict[str, torch.Tensor], *, owner: str, num_classes: int | None, ignore: Any) -> None:
-    """Raise the deferred range error when ``update`` counted ids outside ``[0, num_classes)``."""
-    count = int(state["out_of_range"])
-    if count == 0:
+def raise_if_out_of_range(
+    count: int,
+    target: tuple[int, int],
+    pred: tuple[int, int],
+    *,
+    owner: str,
+    num_classes: int | None,
+    ignore: Any,
+) -> None:
+    """Raise the deferred range error when ``update`` saw ids outside ``[0, num_classes)``.
+
+    ``count`` is the number of elements ``update`` found out of range (checked per batch), ``target``
+    and ``pred`` the smallest and largest ids seen. A fast path that does not count (see ``Accuracy``)
+    is caught by the extremes when ``num_classes`` is known.
+    """
+    inside = num_classes is None or all(low >= 0 and high < num_classes for low, high in (target, pred))
+    if count == 0 and inside:
         return
-    (tmin, pmin), (tmax, pmax) = state["label_min"].tolist(), state["label_max"].tolist()
     if num_classes is None:  # checked per batch against the logits' channel count C
         limit: int | str = "C"
-        seen = [f"target ids seen span {tmin}..{tmax}"]
+        seen = [f"target ids seen span {target[0]}..{target[1]}"]
     else:
         limit, seen = num_classes, []
-        for who, low, high in (("target", tmin, tmax), ("predicted", pmin, pmax)):
+        for who, (low, high) in (("target", target), ("predicted", pred)):
             if low < 0:
                 seen.append(f"{who} id {low} (smallest seen)")
             if high >= num_classes:
                 seen.append(f"{who} id {high} (largest seen)")
+    how_many = f"{count} element(s)" if count else "elements"
     raise ValueError(
-        f"`{owner}.compute`: {count} element(s) since the last `reset()` had class ids outside [0, {limit}): "
+        f"`{owner}.compute`: {how_many} since the last `reset()` had class ids outside [0, {limit}): "
         f"{', '.join(seen)}; `num_classes={num_classes}`, `ignore_index={ignore}`. Fix `num_classes`, map the "
         "mask values to class ids (e.g. `value_map=` in `SegmentationDataset`), or set `ignore_index` to the "
         "value that marks unlabeled pixels; then call `reset()`"

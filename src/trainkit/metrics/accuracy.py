@@ -71,11 +71,16 @@ class Accuracy(Metric):
             "correct": ((), "sum"),
             "total": ((), "sum"),
             "out_of_range": ((), "sum"),
-            "label_min": ((2,), "min"),
-            "label_max": ((2,), "max"),
+            "target_min": ((), "min"),
+            "target_max": ((), "max"),
+            "pred_min": ((), "min"),
+            "pred_max": ((), "max"),
         }
 
     def _update(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
+        if self._is_plain_logits(preds, target):
+            self._update_logits(state, preds, target)
+            return
         owner = type(self).__name__
         pred, tgt = as_labels(preds, target, num_classes=self.num_classes, threshold=self.threshold, owner=owner)
         logits = preds.ndim == target.ndim + 1 and preds.shape[1] > 1
@@ -93,30 +98,82 @@ class Accuracy(Metric):
         t, p = tgt.reshape(-1), pred.reshape(-1)
         if t.numel() == 0:
             return
-        # The fewest kernels for the common case (no ignore_index, top-1): this runs every training step.
-        kept = t != self.ignore_index if self.ignore_index is not None else None
+        kept = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         bad = (t < 0) if logits else (t < 0) | (p < 0)  # argmax of logits is always a valid id
         if classes is not None:
             bad = bad | (t >= classes) if logits else bad | (t >= classes) | (p >= classes)
-        if kept is not None:
-            bad = bad & kept
+        bad = bad & kept
         if self.top_k > 1:
             top = preds.detach().topk(self.top_k, dim=1).indices.movedim(1, -1).reshape(-1, self.top_k)
             hit = (top == t.unsqueeze(1)).any(1)
         else:
             hit = p == t
-        counted = ~bad if kept is None else kept & ~bad
+        counted = kept & ~bad
         state["correct"] = state["correct"] + (hit & counted).sum()
         state["total"] = state["total"] + counted.sum()
         state["out_of_range"] = state["out_of_range"] + bad.sum()
-        if kept is None:
-            low, high = torch.stack((t, p)).aminmax(dim=1)
-        else:
-            low, high = label_extremes(t, p, kept)
-        state["label_min"] = torch.minimum(state["label_min"], low)
-        state["label_max"] = torch.maximum(state["label_max"], high)
+        low, high = label_extremes(t, p, kept)
+        for i, who in enumerate(("target", "pred")):
+            state[f"{who}_min"] = torch.minimum(state[f"{who}_min"], low[i])
+            state[f"{who}_max"] = torch.maximum(state[f"{who}_max"], high[i])
+
+    def _is_plain_logits(self, preds: torch.Tensor, target: torch.Tensor) -> bool:
+        """The training-loop case: int64 targets, logits with ``num_classes`` channels, top-1, nothing ignored."""
+        return (
+            self.top_k == 1
+            and self.ignore_index is None
+            and target.dtype == torch.int64
+            and preds.ndim == target.ndim + 1
+            and preds.shape[1] == self.num_classes
+            and preds.shape[0] == target.shape[0]
+            and preds.shape[2:] == target.shape[1:]
+            and preds.is_floating_point()
+            and target.numel() > 0
+        )
+
+    # Batches of at most this many targets are kept and reduced `_FOLD_EVERY` at a time: at most
+    # 64 * 4096 * 16 bytes, 4 MB. Larger batches (pixels) are reduced at once.
+    _KEEP_AT_MOST = 4096
+    _FOLD_EVERY = 64
+
+    def _update_logits(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Two kernels a small batch, half of a hand-written ``correct += (logits.argmax(1) == y).sum()``.
+
+        This runs every training step, where each kernel costs more than its arithmetic. The argmax of
+        logits is always a valid id, so only the target's extremes are kept (an id outside
+        ``[0, num_classes)`` makes ``compute()`` raise, so elements are not counted one by one). A small
+        batch keeps its predicted ids and ``target - predicted`` (both new tensors: the caller may reuse
+        its target tensor), from which 64 batches' hits and targets are recovered and reduced at once.
+        """
+        pred = preds.argmax(1)
+        if target.numel() > self._KEEP_AT_MOST:
+            _add_hits(state, pred, target)
+            return
+        self._deferred.append((pred, target - pred))
+        if len(self._deferred) >= self._FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        if self._deferred and self._state is not None:
+            kept, self._deferred = self._deferred, []
+            pred, offset = (torch.cat([x.reshape(-1) for x in column]) for column in zip(*kept, strict=True))
+            _add_hits(self._state, pred, offset + pred)
 
     def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise_if_out_of_range(state, owner=type(self).__name__, num_classes=self.num_classes, ignore=self.ignore_index)
+        keys = ("out_of_range", "target_min", "target_max", "pred_min", "pred_max")
+        count, tmin, tmax, pmin, pmax = torch.stack([state[k] for k in keys]).tolist()  # one host read
+        raise_if_out_of_range(
+            count, (tmin, tmax), (pmin, pmax), owner=type(self).__name__, num_classes=self.num_classes,
+            ignore=self.ignore_index,
+        )  # fmt: skip
         dtype = torch.float32 if state["total"].device.type == "mps" else torch.float64
         return (state["correct"].to(dtype) / state["total"].to(dtype)).float()
+
+
+def _add_hits(state: dict[str, torch.Tensor], pred: torch.Tensor, target: torch.Tensor) -> None:
+    """Add the hits of predicted ids ``pred`` against ``target`` and the target's extremes to ``state``."""
+    low, high = target.aminmax()
+    state["correct"] = state["correct"] + (pred == target).sum()
+    state["total"] = state["total"] + target.numel()
+    state["target_min"] = torch.minimum(state["target_min"], low)
+    state["target_max"] = torch.maximum(state["target_max"], high)

@@ -84,7 +84,13 @@ class _ConfusionMetric(Metric):
         state["label_max"] = torch.maximum(state["label_max"], high)
 
     def _matrix(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise_if_out_of_range(state, owner=type(self).__name__, num_classes=self.num_classes, ignore=self.ignore_index)
+        count = int(state["out_of_range"])  # the one host read; the extremes only when something is wrong
+        if count:
+            (tmin, pmin), (tmax, pmax) = state["label_min"].tolist(), state["label_max"].tolist()
+            raise_if_out_of_range(
+                count, (tmin, tmax), (pmin, pmax), owner=type(self).__name__, num_classes=self.num_classes,
+                ignore=self.ignore_index,
+            )  # fmt: skip
         return state["confmat"]
 
     def _stats(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
