@@ -13,6 +13,7 @@ import torch
 
 from trainkit.engine import _prefetch
 from trainkit.engine._prefetch import device_batches
+from trainkit.engine._step import BatchFixer
 
 
 def test_cpu_path_moves_fixes_and_transforms_each_batch() -> None:
@@ -24,6 +25,19 @@ def test_cpu_path_moves_fixes_and_transforms_each_batch() -> None:
     )
     assert [n for n, _ in seen] == [2, 1]
     assert all(b[0].dtype == torch.float32 and torch.equal(b[0], torch.ones_like(b[0])) for _, b in seen)
+
+
+def test_a_batch_that_needs_no_fix_passes_through_as_the_same_objects() -> None:
+    model, loss_fn = torch.nn.Linear(3, 2), torch.nn.CrossEntropyLoss()
+    fixer = BatchFixer(model, loss_fn)
+    fine = (torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+    assert fixer(fine) is fine
+    assert fixer([fine[0], "a label list"])[1] == "a label list"  # not a tensor: left alone
+    ((inputs, targets),) = [b for _, b in device_batches([fine], torch.device("cpu"), fixer=fixer)]
+    assert inputs is fine[0] and targets is fine[1]
+    with pytest.warns(UserWarning, match="targets are uint8 but CrossEntropyLoss needs int64"):
+        fixed = fixer((fine[0], torch.zeros(2, dtype=torch.uint8)))
+    assert fixed[1].dtype == torch.long and fixed[0] is fine[0]
 
 
 class _Log:

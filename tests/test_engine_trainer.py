@@ -336,6 +336,23 @@ def test_out_of_memory_names_the_batch_size_and_suggestions() -> None:
         _trainer(_OutOfMemory()).evaluate([(X, Y)])
 
 
+class _FailsOwnWay(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, x):
+        raise RuntimeError("my model's own failure")
+
+
+def test_an_error_without_a_known_fix_is_raised_unchanged() -> None:
+    with pytest.raises(RuntimeError, match=r"^my model's own failure$") as err:
+        _fit_one(_FailsOwnWay(), [(X, Y)])
+    assert type(err.value) is RuntimeError and err.value.__cause__ is None
+    with pytest.raises(RuntimeError, match=r"^my model's own failure$"):
+        _trainer(_FailsOwnWay()).evaluate([(X, Y)])
+
+
 def test_nan_loss_names_the_step_and_skip_continues() -> None:
     bad = X.clone()
     bad[0, 0] = float("nan")

@@ -110,6 +110,12 @@ def test_move_to_device_changes_the_device_of_every_tensor() -> None:
     assert moved["x"][0].device.type == "meta" and moved["y"][0].device.type == "meta"
 
 
+def test_move_to_device_leaves_tensors_already_there_as_they_are() -> None:
+    x, y = torch.ones(2), torch.zeros(2, dtype=torch.long)
+    moved = move_to_device((x, [y], {"y": y}), CPU)
+    assert moved[0] is x and moved[1][0] is y and moved[2]["y"] is y
+
+
 # ----------------------------------------------------------------------------- logging
 
 

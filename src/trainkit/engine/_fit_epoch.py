@@ -40,8 +40,9 @@ def run_epoch(trainer: Trainer, val_loader: Iterable[Any] | None, bar: Progress)
     if trainer.state.batch_idx == 0:
         trainer.epoch_logs = {"lr": float(trainer.optimizer.param_groups[0]["lr"])}
         trainer.callbacks.dispatch("on_epoch_start", trainer, epoch + 1)
-    watch = trainer.callbacks.has("on_train_batch_end") or trainer._interrupt.installed
-    on_batch_end = functools.partial(_on_batch_end, trainer) if watch else None
+    hooked = trainer.callbacks.has("on_train_batch_end")
+    watch = hooked or trainer._interrupt.installed
+    on_batch_end = functools.partial(_on_batch_end, trainer, hooked) if watch else None
     train = train_one_epoch(
         trainer.model, loader, trainer.optimizer, trainer.loss_fn,
         device=trainer.device, precision=trainer.precision,
@@ -104,7 +105,8 @@ def step_epoch_scheduler(trainer: Trainer, logs: dict[str, float]) -> None:
     check_learning_rates(trainer.optimizer, f"after epoch {int(logs['epoch'])}")
 
 
-def _on_batch_end(trainer: Trainer, state: LoopState, output: StepOutput) -> None:
-    trainer.callbacks.dispatch("on_train_batch_end", trainer, state, output)
+def _on_batch_end(trainer: Trainer, hooked: bool, state: LoopState, output: StepOutput) -> None:
+    if hooked:
+        trainer.callbacks.dispatch("on_train_batch_end", trainer, state, output)
     if trainer._interrupt.requested and trainer.at_step_boundary(state):
         trainer._interrupt.check()

@@ -7,11 +7,10 @@ The default step is ``loss_fn(model(inputs), targets)`` for ``(inputs, targets)`
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -39,7 +38,7 @@ def as_step_output(result: Any) -> StepOutput:
         return result
     if isinstance(result, torch.Tensor):
         return StepOutput(loss=result)
-    if isinstance(result, Mapping):
+    if type(result) is dict or isinstance(result, Mapping):  # a plain dict skips the slower abstract-class check
         return StepOutput(loss=result.get("loss"), outputs=result.get("outputs"), targets=result.get("targets"))
     if result is None:
         return StepOutput(loss=None)
@@ -72,6 +71,8 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
 
 def batch_size_of(batch: Any) -> int:
     """The number of samples in a batch: the first dimension of its first tensor (1 if none)."""
+    if type(batch) in (tuple, list) and batch and type(batch[0]) is torch.Tensor and batch[0].ndim:
+        return batch[0].shape[0]  # the usual (inputs, targets) batch, before the general walk below
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
     if isinstance(batch, Mapping):
@@ -116,6 +117,13 @@ class BatchFixer:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             return batch
         inputs, targets = batch
+        # Nothing to fix, the common case checked every step: inputs of the model's dtype, int64 targets
+        # (anything not a tensor is left alone). Everything else takes the careful path below.
+        tensor = torch.Tensor
+        if (not isinstance(inputs, tensor) or inputs.dtype == self.model_dtype) and (
+            not self.class_targets or not isinstance(targets, tensor) or targets.dtype == torch.int64
+        ):
+            return batch
         inputs = self._fix_inputs(inputs)
         targets = self._fix_targets(targets, inputs)
         return type(batch)((inputs, targets)) if isinstance(batch, tuple) else [inputs, targets]
@@ -176,23 +184,55 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-@contextlib.contextmanager
-def explain_errors(*, batch_size: int | None, where: str) -> Iterator[None]:
-    """Re-raise the notes' classic failures as :class:`TrainingError` with the fix in the message."""
-    try:
-        yield
-    except torch.OutOfMemoryError as err:
+class explain_errors:
+    """Re-raise the notes' classic failures as :class:`TrainingError` with the fix in the message.
+
+    A plain class rather than ``@contextlib.contextmanager``, which costs a generator a step; the
+    training loop catches with ``try``/``except`` and :func:`explained` instead, which costs nothing
+    until something is raised.
+
+    Example:
+        >>> with explain_errors(batch_size=8, where="training step 0"):
+        ...     torch.zeros(2, 3) @ torch.zeros(2, 3)
+        Traceback (most recent call last):
+        ...
+        trainkit.errors.TrainingError: training step 0 failed: the inputs' shape does not fit the model: ...
+    """
+
+    __slots__ = ("batch_size", "where")
+
+    def __init__(self, *, batch_size: int | None, where: str) -> None:
+        self.batch_size, self.where = batch_size, where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> Literal[False]:
+        better = explained(err, batch_size=self.batch_size, where=self.where) if err is not None else None
+        if better is not None:
+            raise better from err
+        return False
+
+
+def explained(err: BaseException, *, batch_size: int | None, where: str) -> TrainingError | None:
+    """The :class:`TrainingError` that explains ``err`` (raised during ``where``), or ``None`` to re-raise it as is.
+
+    Example:
+        >>> print(explained(RuntimeError("Target 7 is out of bounds."), batch_size=4, where="training step 3"))
+        training step 3 failed: a target class id is >= the number of output channels; ... Original error: Target 7 ...
+    """
+    if isinstance(err, torch.OutOfMemoryError):
         size = f"batch size {batch_size}" if batch_size else "this batch"
-        raise TrainingError(
+        return TrainingError(
             f"out of memory during {where} with {size}: lower `batch_size` (e.g. to {max(1, (batch_size or 2) // 2)}) "
             "and keep the effective batch with `grad_accum=`, turn on `amp='auto'`, use smaller inputs (`size=`) or "
             f"a smaller model. Original error: {first_line(err)}"
-        ) from err
-    except (RuntimeError, IndexError, ValueError) as err:  # torch raises ValueError for some shape mismatches
+        )
+    if isinstance(err, (RuntimeError, IndexError, ValueError)):  # torch raises ValueError for some shape mismatches
         hint = _hint_for(str(err))
-        if hint is None:
-            raise
-        raise TrainingError(f"{where} failed: {hint}. Original error: {first_line(err)}") from err
+        if hint is not None:
+            return TrainingError(f"{where} failed: {hint}. Original error: {first_line(err)}")
+    return None
 
 
 def _hint_for(message: str) -> str | None:

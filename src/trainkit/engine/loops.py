@@ -18,6 +18,7 @@ Losses and metric counts stay on the device; they are read when the progress bar
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from trainkit.engine._step import (
     StepOutput,
     as_step_output,
     explain_errors,
+    explained,
     split_batch,
 )
 from trainkit.engine.loop_state import (
@@ -43,7 +45,7 @@ from trainkit.engine.loop_state import (
     mean_of,
     raise_if_nonfinite,
 )
-from trainkit.engine.precision import MixedPrecision
+from trainkit.engine.precision import NO_CONTEXT, MixedPrecision
 from trainkit.engine.progress import Progress
 from trainkit.utils.device import move_to_device
 
@@ -130,6 +132,8 @@ def train_one_epoch(
     check_now = device.type == "cpu" or on_nan == "skip"
     group_has_grad = False
     no_sync = getattr(model, "no_sync", None)  # looked up once: a missing nn.Module attribute is slow to find
+    read_values = functools.partial(_running_values, state)
+    autocast = precision.autocast()  # entered every step (sequentially: one object serves them all)
 
     model.train()
     bar.start_batches(total, desc=f"train {state.epoch + 1}", initial=state.batch_idx)
@@ -142,17 +146,17 @@ def train_one_epoch(
             if i == group_start:
                 optimizer.zero_grad(set_to_none=True)
                 group_has_grad = False
-            with explain_errors(batch_size=n, where=f"training step {state.global_step} (batch {i})"):
-                with _no_sync_unless(no_sync, steps_now), precision.autocast():
-                    out = as_step_output(step(batch))
-                loss = _require_loss(out)
-                finite = _finite_or_record(loss, state, check_now, on_nan)
-                if on_nan == "skip" and _is_ddp(model):  # all ranks skip together, or DDP's all-reduce hangs
-                    finite = _finite_on_all_ranks(finite, loss.device)
-                if finite:
-                    with _no_sync_unless(no_sync, steps_now):
+            try:
+                with _no_sync_unless(no_sync, steps_now):  # forward and backward of a micro-step
+                    with autocast:
+                        out = as_step_output(step(batch))
+                    loss = _require_loss(out)
+                    finite = _finite_or_record(loss, state, check_now, on_nan)
+                    if on_nan == "skip" and _is_ddp(model):  # all ranks skip together, or DDP's all-reduce hangs
+                        finite = _finite_on_all_ranks(finite, loss.device)
+                    if finite:
                         precision.backward(loss / group_len if group_len > 1 else loss)
-                    group_has_grad = True
+                        group_has_grad = True
                 if steps_now:
                     if group_has_grad:  # every micro-batch of the group may have been skipped (on_nan="skip")
                         if clip_grad_norm is not None:
@@ -164,13 +168,18 @@ def train_one_epoch(
                             scheduler.step()
                             check_learning_rates(optimizer, f"after optimizer step {state.global_step + 1}")
                     state.global_step += 1
+            except (RuntimeError, IndexError, ValueError) as err:  # `explain_errors`, at no cost per step
+                better = explained(err, batch_size=n, where=f"training step {state.global_step} (batch {i})")
+                if better is None:
+                    raise
+                raise better from err
             if finite:
                 state.add_loss(loss, n)
                 state.metrics_updated |= _update_metrics(metrics, out)
             state.batch_idx += 1
             if on_batch_end is not None:
                 on_batch_end(state, out)
-            bar.advance(lambda: _running_values(state))
+            bar.advance(read_values)
     finally:
         bar.end_batches()
     if state.batch_idx == 0:
@@ -305,7 +314,7 @@ def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, 
     """
 
     def step(batch: Any) -> dict[str, Any]:
-        inputs, targets = split_batch(batch)
+        inputs, targets = batch if type(batch) in (tuple, list) and len(batch) == 2 else split_batch(batch)
         outputs = model(inputs)
         loss = loss_fn(outputs, targets) if loss_fn is not None else None
         if loss is None and need_loss:
@@ -336,10 +345,17 @@ def _update_metrics(metrics: Mapping[str, Any], out: StepOutput) -> bool:
     """Feed the step's outputs and targets to the metrics; ``False`` when the step gave none."""
     if not metrics or out.outputs is None or out.targets is None:
         return False
-    outputs = out.outputs.detach() if isinstance(out.outputs, torch.Tensor) else out.outputs
+    outputs, targets = out.outputs, out.targets
+    if type(outputs) is torch.Tensor and type(targets) is torch.Tensor:  # detached, nothing to record: no no_grad
+        outputs = outputs.detach() if outputs.requires_grad else outputs
+        targets = targets.detach() if targets.requires_grad else targets
+        for metric in metrics.values():
+            metric.update(outputs, targets)
+        return True
+    outputs = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
     with torch.no_grad():
         for metric in metrics.values():
-            metric.update(outputs, out.targets)
+            metric.update(outputs, targets)
     return True
 
 
@@ -370,7 +386,7 @@ def _no_sync_unless(
 ) -> contextlib.AbstractContextManager[Any]:
     """DDP: skip the gradient all-reduce on accumulation micro-steps (``no_sync`` is DDP's ``model.no_sync``)."""
     if stepping or no_sync is None:
-        return contextlib.nullcontext()
+        return NO_CONTEXT
     return no_sync()
 
 

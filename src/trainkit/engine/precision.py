@@ -12,6 +12,9 @@ __all__ = ["MixedPrecision"]
 
 _MODES = ("auto", "fp16", "bf16", "fp32")
 
+NO_CONTEXT = contextlib.nullcontext()
+"""The do-nothing context, shared: ``nullcontext`` keeps no state, and the loops enter one every step."""
+
 
 class MixedPrecision:
     """Autocast and gradient scaling for fp32, fp16 and bf16 with a single code path.
@@ -68,6 +71,7 @@ class MixedPrecision:
                 stacklevel=2,
             )
         self.scaler = torch.amp.GradScaler(device.type, init_scale=init_scale, enabled=self.mode == "fp16")
+        self._scaling = self.mode == "fp16"  # read every step: a bool, not two calls into the scaler
 
     @property
     def enabled(self) -> bool:
@@ -89,7 +93,7 @@ class MixedPrecision:
             torch.bfloat16
         """
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return NO_CONTEXT
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -100,7 +104,7 @@ class MixedPrecision:
             >>> MixedPrecision(False).backward((w * 3).sum()); w.grad
             tensor([3.])
         """
-        self.scaler.scale(loss).backward()
+        (self.scaler.scale(loss) if self._scaling else loss).backward()
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Divide the gradients by the loss scale in place, so they can be clipped in true units.
@@ -122,7 +126,7 @@ class MixedPrecision:
             >>> MixedPrecision(False).step(torch.optim.SGD([p], lr=0.5)), p.data
             (True, tensor([0.5000]))
         """
-        if not self.scaler.is_enabled():
+        if not self._scaling:
             optimizer.step()
             return True
         stepped = False
@@ -144,7 +148,8 @@ class MixedPrecision:
         Example:
             >>> MixedPrecision(False).update()
         """
-        self.scaler.update()
+        if self._scaling:
+            self.scaler.update()
 
     def state_dict(self) -> dict[str, Any]:
         """The scaler's state (empty without a scaler), for checkpoints.
