@@ -9,6 +9,9 @@ the Penn-Fudan layout) to a temporary folder, then runs every pipeline through a
   ``Image.open`` -> ``np.array`` -> ``TF.to_tensor``; ``obj_ids = np.unique(mask)[1:]``,
   ``masks = mask == obj_ids[:, None, None]``, boxes from ``np.where`` per object;
 * ``trainkit semantic`` / ``trainkit instance``: ``SegmentationDataset`` + ``collate`` / ``collate_instances``;
+* ``trainkit semantic, uint8 masks``: the same with ``collate(..., compact_masks=True)`` and ``widen_masks``
+  applied to every batch in the consuming process, as the Trainer loads with workers (on a GPU it widens on
+  the device instead, after a copy eight times smaller);
 * ``trainkit semantic + train_preset``: the same with ``train_preset(256, normalize=False)`` (random scale,
   crop to 256x256, flip, colour jitter) under per-sample seeding, as in training.
 
@@ -34,6 +37,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import decode_image, read_file
 
-from trainkit.data import SegmentationDataset, collate, collate_instances, make_shapes
+from trainkit.data import SegmentationDataset, collate, collate_instances, make_shapes, widen_masks
 from trainkit.data.transforms import train_preset
 
 DECODE = "decode only (torchvision.io)"
@@ -123,17 +127,19 @@ def cpu_seconds() -> float:
     return total
 
 
-def epoch(loader: DataLoader) -> tuple[float, float]:
-    """One pass over ``loader``: (wall seconds, CPU seconds of this process and the workers)."""
+def epoch(loader: DataLoader, consume: Callable[[Any], Any] | None = None) -> tuple[float, float]:
+    """One pass over ``loader``, each batch given to ``consume``: (wall seconds, CPU seconds of all processes)."""
     wall, cpu = time.perf_counter(), cpu_seconds()
-    for _ in loader:
-        pass
+    for batch in loader:
+        if consume is not None:
+            consume(batch)
     return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
-def measure(
-    pipelines: list[tuple[str, Dataset, Callable]], workers: int, batch_size: int, repeats: int
-) -> dict[str, tuple[float, float]]:
+Pipeline = tuple[str, Dataset, Callable, Callable | None]  # name, dataset, collate_fn, consumer of each batch
+
+
+def measure(pipelines: list[Pipeline], workers: int, batch_size: int, repeats: int) -> dict[str, tuple[float, float]]:
     """Per pipeline: median samples/s (wall) and CPU ms per sample over the repeats.
 
     Epochs of all pipelines alternate, so load changes hit them alike.
@@ -142,15 +148,16 @@ def measure(
         name: DataLoader(
             dataset, batch_size=batch_size, num_workers=workers, collate_fn=fn, persistent_workers=workers > 0
         )
-        for name, dataset, fn in pipelines
+        for name, dataset, fn, _ in pipelines
     }
-    for loader in loaders.values():  # warm-up: worker start, file cache, allocator
-        epoch(loader)
+    consumers = {name: consume for name, _, _, consume in pipelines}
+    for name, loader in loaders.items():  # warm-up: worker start, file cache, allocator
+        epoch(loader, consumers[name])
     walls: dict[str, list[float]] = {name: [] for name in loaders}
     cpus: dict[str, float] = dict.fromkeys(loaders, 0.0)
     for _ in range(repeats):
         for name, loader in loaders.items():
-            wall, cpu = epoch(loader)
+            wall, cpu = epoch(loader, consumers[name])
             walls[name].append(wall)
             cpus[name] += cpu
     return {
@@ -177,13 +184,14 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_shapes(Path(tmp) / "shapes", n=args.n, size=(384, 512), seed=0)
-        pipelines: list[tuple[str, Dataset, Callable]] = [
-            (DECODE, DecodeOnly(root), default_collate),
-            ("notes semantic", NotesPipeline(root, instance=False), default_collate),
-            ("trainkit semantic", semantic(root), collate),
-            ("trainkit semantic + train_preset", semantic(root, train_preset(256, normalize=False)), collate),
-            ("notes instance", NotesPipeline(root, instance=True), tuple_collate),
-            ("trainkit instance", instance(root), collate_instances),
+        pipelines: list[Pipeline] = [
+            (DECODE, DecodeOnly(root), default_collate, None),
+            ("notes semantic", NotesPipeline(root, instance=False), default_collate, None),
+            ("trainkit semantic", semantic(root), collate, None),
+            ("trainkit semantic, uint8 masks", semantic(root), partial(collate, compact_masks=True), widen_masks),
+            ("trainkit semantic + train_preset", semantic(root, train_preset(256, normalize=False)), collate, None),
+            ("notes instance", NotesPipeline(root, instance=True), tuple_collate, None),
+            ("trainkit instance", instance(root), collate_instances, None),
         ]
         print(f"python {' '.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}")
         print(
@@ -202,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         for workers in args.workers:
             results = measure(pipelines, workers, args.batch_size, args.repeats)
             for name, (rate, cpu_ms) in results.items():
-                notes = results.get(f"notes {name.split()[-1]}") if name.startswith("trainkit") else None
+                kind = name.split()[1].rstrip(",")  # semantic / instance; augmented rows have no notes twin
+                notes = results.get(f"notes {kind}") if name.startswith("trainkit") and "preset" not in name else None
                 decode = results[DECODE] if name != DECODE else None
                 print(
                     f"{name:34s} {workers:7d} {rate:10.1f} {_ratio(rate, notes and notes[0]):>9s} "

@@ -7,9 +7,11 @@ without a GPU still checks the ordering that makes the copy overlap the compute.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import pytest
 import torch
+from torchvision import tv_tensors
 
 from trainkit.engine import _prefetch
 from trainkit.engine._prefetch import device_batches
@@ -17,14 +19,18 @@ from trainkit.engine._step import BatchFixer
 
 
 def test_cpu_path_moves_fixes_and_transforms_each_batch() -> None:
-    batches = [(torch.zeros(2, 3, dtype=torch.float64), torch.ones(2)), (torch.zeros(1, 3), torch.ones(1))]
-    seen = list(
-        device_batches(
-            batches, torch.device("cpu"), fixer=lambda b: (b[0].float(), b[1]), transform=lambda b: (b[0] + 1, b[1])
-        )
-    )
+    batches = [
+        (torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.long)),
+        (torch.zeros(1, 3), tv_tensors.Mask(torch.ones(1, dtype=torch.uint8))),  # a compact mask: widened after
+    ]
+    fixer = BatchFixer(torch.nn.Linear(3, 2), torch.nn.CrossEntropyLoss())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the float64 inputs' warning
+        seen = list(device_batches(batches, torch.device("cpu"), fixer=fixer, transform=lambda b: (b[0] + 1, b[1])))
     assert [n for n, _ in seen] == [2, 1]
     assert all(b[0].dtype == torch.float32 and torch.equal(b[0], torch.ones_like(b[0])) for _, b in seen)
+    assert all(b[1].dtype == torch.int64 for _, b in seen)
+    assert type(seen[1][1][1]) is tv_tensors.Mask
 
 
 def test_a_batch_that_needs_no_fix_passes_through_as_the_same_objects() -> None:

@@ -3,11 +3,12 @@
 Each check raises ``TypeError`` or ``ValueError`` at the boundary, naming the argument, what was given
 and the fix, before any model, optimizer or loader is used. Then the batch transform gains the
 channels-last conversion, the training loader is rebuilt around a resumable batch sampler (sharded
-under DDP) and an evaluation loader is sharded under DDP.
+under DDP, sending masks as uint8 where that saves a copy) and an evaluation loader is sharded under DDP.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,6 +22,7 @@ from trainkit.engine.resumable import rebuild_loader
 __all__ = [
     "check_args",
     "check_not_empty",
+    "compact_masks",
     "prepare_eval_loader",
     "prepare_train_loader",
     "with_channels_last",
@@ -123,6 +125,41 @@ def prepare_train_loader(
             )
         return loader
     return rebuilt
+
+
+def compact_masks(
+    loader: Iterable[Any], transform: Callable[[Any], Any] | None, *, device: torch.device
+) -> tuple[Iterable[Any], Callable[[Any], Any] | None]:
+    """Send class-id masks through ``loader`` as uint8, and widen them to int64 on the device before ``transform``.
+
+    Done only for a ``DataLoader`` batched by :func:`trainkit.data.collate` (or already by
+    ``collate(..., compact_masks=True)``), and only where the bytes travel: from worker processes through
+    shared memory, or to a GPU. A 512x384 mask is then 0.2 MB instead of 1.5 MB; the step sees the same
+    int64 masks as before. Returns the loader and the batch transform to train with.
+
+    Example:
+        >>> data = [(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(4, 4, dtype=torch.long))] * 4
+        >>> from trainkit.data import collate
+        >>> loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate, num_workers=1)
+        >>> loader, transform = compact_masks(loader, None, device=torch.device("cpu"))
+        >>> loader.collate_fn.keywords, transform.__name__
+        ({'compact_masks': True}, 'widen_masks')
+    """
+    from torch.utils.data import DataLoader
+
+    from trainkit.data.collate import collate, widen_masks
+
+    if not isinstance(loader, DataLoader):
+        return loader, transform
+    compact = functools.partial(collate, compact_masks=True)
+    if loader.collate_fn is collate and (loader.num_workers > 0 or device.type == "cuda"):
+        loader = rebuild_loader(loader, collate_fn=compact) or loader
+    given = loader.collate_fn
+    if not (isinstance(given, functools.partial) and given.func is collate and given.keywords.get("compact_masks")):
+        return loader, transform
+    if transform is None:
+        return loader, widen_masks
+    return loader, lambda batch: transform(widen_masks(batch))
 
 
 def prepare_eval_loader(

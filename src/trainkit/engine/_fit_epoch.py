@@ -48,7 +48,7 @@ def run_epoch(trainer: Trainer, val_loader: Iterable[Any] | None, bar: Progress)
         device=trainer.device, precision=trainer.precision,
         scheduler=trainer.scheduler if trainer.scheduler_interval == "step" else None,
         grad_accum=trainer.grad_accum, clip_grad_norm=trainer.clip_grad_norm, metrics=trainer.train_metrics,
-        step_fn=trainer._custom_step("training_step"), batch_transform=trainer.batch_transform,
+        step_fn=trainer._custom_step("training_step"), batch_transform=trainer._train_transform,
         on_nan=trainer.on_nan, state=trainer.state, progress=bar, on_batch_end=on_batch_end, num_batches=total,
     )  # fmt: skip
     logs: dict[str, float] = {"epoch": epoch + 1}

@@ -11,7 +11,7 @@ exactly what a hand-written loop over the user's loader would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -95,9 +95,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 def rebuild_loader(
-    loader: Any, *, sampler: Sampler[Any] | None = None, pin_memory: bool = False
+    loader: Any,
+    *,
+    sampler: Sampler[Any] | None = None,
+    pin_memory: bool = False,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader[Any] | None:
-    """A copy of ``loader`` with a :class:`ResumableBatchSampler` (and optionally another sampler).
+    """A copy of ``loader`` with a :class:`ResumableBatchSampler` (and optionally another sampler or ``collate_fn``).
 
     ``pin_memory=True`` turns on pinned host memory (the Trainer asks for it on CUDA, where it
     makes the non-blocking host-to-device copies asynchronous); it never turns it off.
@@ -112,7 +116,8 @@ def rebuild_loader(
     """
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         return None
-    if isinstance(loader.batch_sampler, ResumableBatchSampler) and sampler is None and loader.pin_memory >= pin_memory:
+    unchanged = sampler is None and collate_fn is None and loader.pin_memory >= pin_memory
+    if isinstance(loader.batch_sampler, ResumableBatchSampler) and unchanged:
         return loader
     inner = loader.batch_sampler
     if inner is None:
@@ -128,7 +133,7 @@ def rebuild_loader(
     kwargs: dict[str, Any] = {
         "batch_sampler": ResumableBatchSampler(inner),
         "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
+        "collate_fn": collate_fn or loader.collate_fn,
         "pin_memory": loader.pin_memory or pin_memory,
         "timeout": loader.timeout,
         "worker_init_fn": loader.worker_init_fn,

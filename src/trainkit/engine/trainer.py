@@ -30,6 +30,7 @@ from trainkit.engine import checkpoint as ckpt_io
 from trainkit.engine._arguments import (
     check_args,
     check_not_empty,
+    compact_masks,
     prepare_eval_loader,
     prepare_train_loader,
     with_channels_last,
@@ -165,6 +166,7 @@ class Trainer:
         self.should_stop = False
         self.has_validation = False
         self._train_loader: Any = None
+        self._train_transform = self.batch_transform  # with the widening of uint8 masks when they travel so
         self._tb: TensorBoardLogger | None = None
         self._resume_loader_state: dict[str, Any] | None = None
         self._interrupt = GracefulInterrupt(enabled=False)
@@ -268,6 +270,9 @@ class Trainer:
         if val_loader is not None:
             check_not_empty(val_loader, "val_loader")
         self._train_loader = prepare_train_loader(train_loader, self.dist, seed=self.seed, device=self.device)
+        self._train_loader, self._train_transform = compact_masks(
+            self._train_loader, self.batch_transform, device=self.device
+        )
         val_loader = prepare_eval_loader(val_loader, self.dist, device=self.device)
         self.has_validation = val_loader is not None
         self.should_stop = False

@@ -1,0 +1,144 @@
+"""Masks sent as uint8 and widened to int64 on the device: collate(compact_masks=True), widen_masks, the Trainer.
+
+A class-id mask costs eight bytes a pixel as int64; the ids of nearly every segmentation set fit in one.
+The Trainer sends them as uint8 from its DataLoader workers (and to a GPU) and widens them before the
+step, which must see exactly what it saw before: these tests compare with the int64 path.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+
+from trainkit import Trainer
+from trainkit.data import SegmentationDataset, collate, make_shapes, widen_masks
+from trainkit.data.transforms import BatchNormalize
+from trainkit.engine._arguments import compact_masks
+from trainkit.engine._step import BatchFixer
+from trainkit.models import UNet
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+CPU = torch.device("cpu")
+
+
+def _sample(fill: int, dtype: torch.dtype = torch.int64) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    mask = torch.arange(12, dtype=torch.int64).view(3, 4) % 5 + fill
+    return tv_tensors.Image(torch.zeros(3, 3, 4, dtype=torch.uint8)), tv_tensors.Mask(mask.to(dtype))
+
+
+def test_collate_sends_ids_that_fit_a_byte_as_uint8_and_widen_gives_back_the_int64_batch() -> None:
+    batch = [_sample(0), _sample(250), _sample(1, torch.uint8)]
+    images, masks = collate(batch, compact_masks=True)
+    assert type(masks) is tv_tensors.Mask and masks.dtype == torch.uint8
+    expected = collate(batch)[1]
+    assert expected.dtype == torch.int64
+    widened_images, widened = widen_masks((images, masks))
+    assert type(widened) is tv_tensors.Mask and widened.dtype == torch.int64 and torch.equal(widened, expected)
+    assert widened_images is images
+
+
+@pytest.mark.parametrize(
+    ("samples", "why"),
+    [
+        ([_sample(0), _sample(252)], "an id of 256"),
+        ([_sample(0), (_sample(0)[0], tv_tensors.Mask(torch.full((3, 4), -1)))], "a negative id"),
+    ],
+)
+def test_collate_keeps_int64_when_an_id_does_not_fit_a_byte(samples: list, why: str) -> None:
+    masks = collate(samples, compact_masks=True)[1]
+    assert masks.dtype == torch.int64, why
+    assert torch.equal(masks, collate(samples)[1])
+
+
+def test_only_class_id_masks_are_compacted_and_widened() -> None:
+    plain = [(torch.zeros(2), torch.tensor(3)), (torch.zeros(2), torch.tensor(4))]
+    assert collate(plain, compact_masks=True)[1].dtype == torch.int64  # labels are not masks
+    soft = [(torch.zeros(2), tv_tensors.Mask(torch.full((2, 2), 0.5))) for _ in range(2)]
+    assert collate(soft, compact_masks=True)[1].dtype == torch.float32
+    binary = [(torch.zeros(2), tv_tensors.Mask(torch.ones(2, 2, dtype=torch.bool))) for _ in range(2)]
+    assert collate(binary, compact_masks=True)[1].dtype == torch.int64
+    # A detection dict's uint8 instance masks are kept as collate keeps them, and widen leaves them alone.
+    detection = (torch.zeros(1), {"masks": tv_tensors.Mask(torch.ones(2, 2, 2, dtype=torch.uint8))})
+    assert widen_masks(detection)[1]["masks"].dtype == torch.uint8
+    Pair = namedtuple("Pair", ["image", "mask"])
+    named = widen_masks(Pair(torch.zeros(1), tv_tensors.Mask(torch.ones(2, dtype=torch.uint8))))
+    assert type(named) is Pair and named.mask.dtype == torch.int64
+    keyed = widen_masks({"image": torch.zeros(1), "mask": tv_tensors.Mask(torch.ones(2, dtype=torch.uint8))})
+    assert keyed["mask"].dtype == torch.int64
+
+
+def test_collate_compacts_inside_workers_through_shared_memory() -> None:
+    data = [_sample(k) for k in range(4)]
+    loader = DataLoader(data, batch_size=2, num_workers=1, collate_fn=functools.partial(collate, compact_masks=True))
+    batches = list(loader)
+    assert [masks.dtype for _, masks in batches] == [torch.uint8, torch.uint8]
+    assert torch.equal(torch.cat([widen_masks(b)[1] for b in batches]), collate(data)[1])
+
+
+def test_the_default_step_widens_uint8_masks_after_the_copy_without_a_warning() -> None:
+    fixer = BatchFixer(nn.Conv2d(3, 2, 1), nn.CrossEntropyLoss())
+    images, masks = collate([_sample(0), _sample(1)], compact_masks=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fixed = fixer((images, masks))
+    assert fixed[1].dtype == torch.uint8  # still compact for the host-to-device copy
+    assert fixer.after_move(fixed)[1].dtype == torch.int64
+
+
+def test_compaction_happens_only_where_bytes_travel() -> None:
+    data = [_sample(k) for k in range(4)]
+    in_process = DataLoader(data, batch_size=2, collate_fn=collate)
+    assert compact_masks(in_process, None, device=CPU) == (in_process, None)
+    own = DataLoader(data, batch_size=2, num_workers=1, collate_fn=lambda b: collate(b))
+    assert compact_masks(own, None, device=CPU) == (own, None)  # not trainkit's collate: left as it is
+    workers = DataLoader(data, batch_size=2, num_workers=1, collate_fn=collate)
+    loader, transform = compact_masks(workers, None, device=CPU)
+    assert loader.collate_fn.keywords == {"compact_masks": True} and transform is widen_masks
+    double = compact_masks(loader, lambda batch: (batch[0], batch[1] * 2), device=CPU)[1]
+    assert double((torch.zeros(1), tv_tensors.Mask(torch.ones(2, dtype=torch.uint8))))[1].tolist() == [2, 2]
+
+
+def _fit(root: Path, collate_fn) -> tuple[Trainer, list[torch.Tensor]]:
+    ds = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
+    loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=1, collate_fn=collate_fn)
+    torch.manual_seed(0)
+    model = UNet(3, 4, base_channels=4, depth=2)
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(ignore_index=255), device="cpu",
+        progress=False, seed=0, batch_transform=BatchNormalize(),
+    )  # fmt: skip
+    trainer.fit(loader, epochs=2)
+    return trainer, [p.detach().clone() for p in model.parameters()]
+
+
+def test_the_trainer_sends_masks_as_uint8_and_trains_exactly_as_with_int64(tmp_path: Path) -> None:
+    root = make_shapes(tmp_path / "shapes", n=8, size=32, seed=0)
+    compacted, weights = _fit(root, collate)
+    assert compacted._train_loader.collate_fn.keywords == {"compact_masks": True}
+    first = next(iter(compacted._train_loader))
+    assert first[1].dtype == torch.uint8
+    plain, reference = _fit(root, lambda batch: collate(batch))  # another collate_fn: sent as int64
+    assert next(iter(plain._train_loader))[1].dtype == torch.int64
+    assert all(torch.equal(a, b) for a, b in zip(weights, reference, strict=True))
+    assert compacted.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
+
+    seen: list[torch.dtype] = []
+
+    def step(batch):  # a custom step gets the widened masks too
+        seen.append(batch[1].dtype)
+        return nn.functional.cross_entropy(trainer_model(batch[0].float() / 255), batch[1], ignore_index=255)
+
+    trainer_model = UNet(3, 4, base_channels=4, depth=2)
+    ds = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
+    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate)
+    opt = torch.optim.SGD(trainer_model.parameters(), lr=0.1)
+    Trainer(trainer_model, opt, device="cpu", progress=False, training_step=step).fit(loader, epochs=1)
+    assert seen == [torch.int64, torch.int64]
