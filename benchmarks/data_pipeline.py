@@ -9,9 +9,9 @@ the Penn-Fudan layout) to a temporary folder, then runs every pipeline through a
   ``Image.open`` -> ``np.array`` -> ``TF.to_tensor``; ``obj_ids = np.unique(mask)[1:]``,
   ``masks = mask == obj_ids[:, None, None]``, boxes from ``np.where`` per object;
 * ``trainkit semantic`` / ``trainkit instance``: ``SegmentationDataset`` + ``collate`` / ``collate_instances``;
-* ``trainkit semantic, uint8 masks``: the same with ``collate(..., compact_masks=True)`` and ``widen_masks``
-  applied to every batch in the consuming process, as the Trainer loads with workers (on a GPU it widens on
-  the device instead, after a copy eight times smaller);
+* ``trainkit semantic, uint8 masks``: the same with ``collate(..., compact_masks=True)``, as the Trainer loads
+  on a GPU, where ``widen_masks`` runs on the device (not counted here); ``--widen-on-cpu`` adds it to the
+  consuming process, as it would cost on the CPU;
 * ``trainkit semantic + train_preset``: the same with ``train_preset(256, normalize=False)`` (random scale,
   crop to 256x256, flip, colour jitter) under per-sample seeding, as in training.
 
@@ -179,8 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         help="torch intra-op threads in the main process (default 1, as DataLoader workers use): with more, "
         "every batch-sized torch op waits for the other threads, which on a busy machine costs milliseconds",
     )
+    parser.add_argument(
+        "--widen-on-cpu", action="store_true", help="count widen_masks for the uint8-masks row in the main process"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    widen = widen_masks if args.widen_on_cpu else None
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_shapes(Path(tmp) / "shapes", n=args.n, size=(384, 512), seed=0)
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             (DECODE, DecodeOnly(root), default_collate, None),
             ("notes semantic", NotesPipeline(root, instance=False), default_collate, None),
             ("trainkit semantic", semantic(root), collate, None),
-            ("trainkit semantic, uint8 masks", semantic(root), partial(collate, compact_masks=True), widen_masks),
+            ("trainkit semantic, uint8 masks", semantic(root), partial(collate, compact_masks=True), widen),
             ("trainkit semantic + train_preset", semantic(root, train_preset(256, normalize=False)), collate, None),
             ("notes instance", NotesPipeline(root, instance=True), tuple_collate, None),
             ("trainkit instance", instance(root), collate_instances, None),

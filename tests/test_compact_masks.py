@@ -1,8 +1,9 @@
 """Masks sent as uint8 and widened to int64 on the device: collate(compact_masks=True), widen_masks, the Trainer.
 
 A class-id mask costs eight bytes a pixel as int64; the ids of nearly every segmentation set fit in one.
-The Trainer sends them as uint8 from its DataLoader workers (and to a GPU) and widens them before the
-step, which must see exactly what it saw before: these tests compare with the int64 path.
+On a GPU the Trainer sends them as uint8 and widens them on the device before the step, which must see
+exactly what it saw before: these tests compare with the int64 path (on the CPU, with a loader that
+asks for compact masks itself).
 """
 
 from __future__ import annotations
@@ -93,16 +94,18 @@ def test_the_default_step_widens_uint8_masks_after_the_copy_without_a_warning() 
     assert fixer.after_move(fixed)[1].dtype == torch.int64
 
 
-def test_compaction_happens_only_where_bytes_travel() -> None:
+def test_the_trainer_compacts_on_a_gpu_and_widens_whatever_asks_for_compact_masks() -> None:
     data = [_sample(k) for k in range(4)]
-    in_process = DataLoader(data, batch_size=2, collate_fn=collate)
-    assert compact_masks(in_process, None, device=CPU) == (in_process, None)
-    own = DataLoader(data, batch_size=2, num_workers=1, collate_fn=lambda b: collate(b))
-    assert compact_masks(own, None, device=CPU) == (own, None)  # not trainkit's collate: left as it is
     workers = DataLoader(data, batch_size=2, num_workers=1, collate_fn=collate)
-    loader, transform = compact_masks(workers, None, device=CPU)
+    assert compact_masks(workers, None, device=CPU) == (workers, None)  # the CPU would pay for the widening
+    own = DataLoader(data, batch_size=2, collate_fn=lambda b: collate(b))
+    assert compact_masks(own, None, device=torch.device("cuda")) == (own, None)  # not trainkit's collate
+    loader, transform = compact_masks(workers, None, device=torch.device("cuda"))  # decided, not run, here
     assert loader.collate_fn.keywords == {"compact_masks": True} and transform is widen_masks
-    double = compact_masks(loader, lambda batch: (batch[0], batch[1] * 2), device=CPU)[1]
+    assert loader.num_workers == 1 and loader.dataset is data
+    asked = DataLoader(data, batch_size=2, collate_fn=functools.partial(collate, compact_masks=True))
+    assert compact_masks(asked, None, device=CPU) == (asked, widen_masks)
+    double = compact_masks(asked, lambda batch: (batch[0], batch[1] * 2), device=CPU)[1]
     assert double((torch.zeros(1), tv_tensors.Mask(torch.ones(2, dtype=torch.uint8))))[1].tolist() == [2, 2]
 
 
@@ -119,13 +122,11 @@ def _fit(root: Path, collate_fn) -> tuple[Trainer, list[torch.Tensor]]:
     return trainer, [p.detach().clone() for p in model.parameters()]
 
 
-def test_the_trainer_sends_masks_as_uint8_and_trains_exactly_as_with_int64(tmp_path: Path) -> None:
+def test_the_trainer_trains_on_uint8_masks_exactly_as_on_int64(tmp_path: Path) -> None:
     root = make_shapes(tmp_path / "shapes", n=8, size=32, seed=0)
-    compacted, weights = _fit(root, collate)
-    assert compacted._train_loader.collate_fn.keywords == {"compact_masks": True}
-    first = next(iter(compacted._train_loader))
-    assert first[1].dtype == torch.uint8
-    plain, reference = _fit(root, lambda batch: collate(batch))  # another collate_fn: sent as int64
+    compacted, weights = _fit(root, functools.partial(collate, compact_masks=True))
+    assert next(iter(compacted._train_loader))[1].dtype == torch.uint8
+    plain, reference = _fit(root, collate)  # on the CPU the Trainer sends int64
     assert next(iter(plain._train_loader))[1].dtype == torch.int64
     assert all(torch.equal(a, b) for a, b in zip(weights, reference, strict=True))
     assert compacted.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
@@ -138,7 +139,7 @@ def test_the_trainer_sends_masks_as_uint8_and_trains_exactly_as_with_int64(tmp_p
 
     trainer_model = UNet(3, 4, base_channels=4, depth=2)
     ds = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
-    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=functools.partial(collate, compact_masks=True))
     opt = torch.optim.SGD(trainer_model.parameters(), lr=0.1)
     Trainer(trainer_model, opt, device="cpu", progress=False, training_step=step).fit(loader, epochs=1)
     assert seen == [torch.int64, torch.int64]
