@@ -98,8 +98,10 @@ def test_the_trainer_compacts_on_a_gpu_and_widens_whatever_asks_for_compact_mask
     data = [_sample(k) for k in range(4)]
     workers = DataLoader(data, batch_size=2, num_workers=1, collate_fn=collate)
     assert compact_masks(workers, None, device=CPU) == (workers, None)  # the CPU would pay for the widening
-    own = DataLoader(data, batch_size=2, collate_fn=lambda b: collate(b))
+    own = DataLoader(data, batch_size=2, num_workers=1, collate_fn=lambda b: collate(b))
     assert compact_masks(own, None, device=torch.device("cuda")) == (own, None)  # not trainkit's collate
+    in_process = DataLoader(data, batch_size=2, collate_fn=collate)
+    assert compact_masks(in_process, None, device=torch.device("cuda")) == (in_process, None)  # nothing travels
     loader, transform = compact_masks(workers, None, device=torch.device("cuda"))  # decided, not run, here
     assert loader.collate_fn.keywords == {"compact_masks": True} and transform is widen_masks
     assert loader.num_workers == 1 and loader.dataset is data
