@@ -94,7 +94,12 @@ def _widen(value: Any, role: str, *, top: bool = False) -> Any:
         return value.to(torch.int64) if value.dtype == torch.uint8 and role != _KEEP else value
     if isinstance(value, Mapping):
         widened = {key: _widen(item, _key_role(key, role)) for key, item in value.items()}
-        return widened if type(value) is dict else type(value)(widened)
+        if type(value) is dict:
+            return widened
+        try:  # keep a mapping's own type (OrderedDict, a dict subclass) when it can be built from items
+            return type(value)(widened)  # type: ignore[call-arg]
+        except TypeError:
+            return widened
     if isinstance(value, (tuple, list)):
         items = [_widen(item, _TARGET if top and k > 0 else role) for k, item in enumerate(value)]
         if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple

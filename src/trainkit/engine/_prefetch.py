@@ -52,8 +52,8 @@ def _to_device(
     batch: Any, device: torch.device, fixer: BatchFixer | None, transform: Callable[[Any], Any] | None
 ) -> tuple[int, Any]:
     n = batch_size_of(batch)
-    if fixer is not None:
-        batch = fixer.after_move(move_to_device(fixer(batch), device))
+    if fixer is not None and (fixed := fixer(batch)) is not batch:  # a batch with nothing to fix comes back as is
+        batch = fixer.after_move(move_to_device(fixed, device))
     else:
         batch = move_to_device(batch, device)
     return n, (transform(batch) if transform is not None else batch)

@@ -83,7 +83,8 @@ class LoopState:
         """
         if self.loss_sum is None:
             self.loss_sum = torch.zeros((), dtype=_acc_dtype(loss.device), device=loss.device)
-        self.loss_sum.add_(loss.detach().reshape(()), alpha=n)  # in place: one kernel, no temporaries
+        value = loss.detach()
+        self.loss_sum.add_(value.reshape(()) if value.ndim else value, alpha=n)  # in place: one kernel
         self.samples += n
 
 
