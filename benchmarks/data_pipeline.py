@@ -9,9 +9,9 @@ the Penn-Fudan layout) to a temporary folder, then runs every pipeline through a
   ``Image.open`` -> ``np.array`` -> ``TF.to_tensor``; ``obj_ids = np.unique(mask)[1:]``,
   ``masks = mask == obj_ids[:, None, None]``, boxes from ``np.where`` per object;
 * ``trainkit semantic`` / ``trainkit instance``: ``SegmentationDataset`` + ``collate`` / ``collate_instances``;
-* ``trainkit semantic, uint8 masks``: the same with ``collate(..., compact_masks=True)``, as the Trainer loads
-  on a GPU, where ``widen_masks`` runs on the device (not counted here); ``--widen-on-cpu`` adds it to the
-  consuming process, as it would cost on the CPU;
+* ``trainkit semantic, uint8 masks``: ``SegmentationDataset(..., mask_dtype=torch.uint8)`` +
+  ``collate(..., compact_masks=True)``, as the Trainer loads a dataset without transforms; on a GPU
+  ``widen_masks`` runs on the device (not counted here), ``--widen-on-cpu`` adds it to the consuming process;
 * ``trainkit semantic + train_preset``: the same with ``train_preset(256, normalize=False)`` (random scale,
   crop to 256x256, flip, colour jitter) under per-sample seeding, as in training.
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             (DECODE, DecodeOnly(root), default_collate, None),
             ("notes semantic", NotesPipeline(root, instance=False), default_collate, None),
             ("trainkit semantic", semantic(root), collate, None),
-            ("trainkit semantic, uint8 masks", semantic(root), partial(collate, compact_masks=True), widen),
+            ("trainkit semantic, uint8 masks", semantic(root, uint8=True), partial(collate, compact_masks=True), widen),
             ("trainkit semantic + train_preset", semantic(root, train_preset(256, normalize=False)), collate, None),
             ("notes instance", NotesPipeline(root, instance=True), tuple_collate, None),
             ("trainkit instance", instance(root), collate_instances, None),
@@ -229,10 +229,11 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else ""
 
 
-def semantic(root: Path, transforms: Callable | None = None) -> SegmentationDataset:
+def semantic(root: Path, transforms: Callable | None = None, *, uint8: bool = False) -> SegmentationDataset:
     return SegmentationDataset(
-        root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="semantic", seed=0, transforms=transforms
-    )
+        root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="semantic", seed=0, transforms=transforms,
+        mask_dtype=torch.uint8 if uint8 else torch.int64,
+    )  # fmt: skip
 
 
 def instance(root: Path) -> SegmentationDataset:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
+import data_layouts as layouts
 from trainkit import Trainer
 from trainkit.data import SegmentationDataset, collate, make_shapes, widen_masks
 from trainkit.data.transforms import BatchNormalize
@@ -27,7 +28,7 @@ from trainkit.engine._step import BatchFixer
 from trainkit.models import UNet
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-CPU = torch.device("cpu")
+CPU, GPU = torch.device("cpu"), torch.device("cuda")  # GPU: decisions only, nothing runs there
 
 
 def _sample(fill: int, dtype: torch.dtype = torch.int64) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
@@ -99,10 +100,10 @@ def test_the_trainer_compacts_on_a_gpu_and_widens_whatever_asks_for_compact_mask
     workers = DataLoader(data, batch_size=2, num_workers=1, collate_fn=collate)
     assert compact_masks(workers, None, device=CPU) == (workers, None)  # the CPU would pay for the widening
     own = DataLoader(data, batch_size=2, num_workers=1, collate_fn=lambda b: collate(b))
-    assert compact_masks(own, None, device=torch.device("cuda")) == (own, None)  # not trainkit's collate
+    assert compact_masks(own, None, device=GPU) == (own, None)  # not trainkit's collate
     in_process = DataLoader(data, batch_size=2, collate_fn=collate)
-    assert compact_masks(in_process, None, device=torch.device("cuda")) == (in_process, None)  # nothing travels
-    loader, transform = compact_masks(workers, None, device=torch.device("cuda"))  # decided, not run, here
+    assert compact_masks(in_process, None, device=GPU) == (in_process, None)  # nothing travels
+    loader, transform = compact_masks(workers, None, device=GPU)  # decided, not run, here
     assert loader.collate_fn.keywords == {"compact_masks": True} and transform is widen_masks
     assert loader.num_workers == 1 and loader.dataset is data
     asked = DataLoader(data, batch_size=2, collate_fn=functools.partial(collate, compact_masks=True))
@@ -111,8 +112,61 @@ def test_the_trainer_compacts_on_a_gpu_and_widens_whatever_asks_for_compact_mask
     assert double((torch.zeros(1), tv_tensors.Mask(torch.ones(2, dtype=torch.uint8))))[1].tolist() == [2, 2]
 
 
-def _fit(root: Path, collate_fn) -> tuple[Trainer, list[torch.Tensor]]:
-    ds = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
+CAMVID_COLOURS = {rgb: class_id for class_id, (_, rgb) in enumerate(layouts.CAMVID_CLASSES)}
+LAYOUTS = {  # builder, constructor arguments, the dtype uint8 masks come in
+    "penn-fudan palette": (layouts.penn_fudan, {"mask_suffix": "_mask"}, torch.uint8),
+    "oxford pets value_map": (layouts.oxford_pets, {"value_map": {1: 1, 2: 0, 3: 255}}, torch.uint8),
+    "camvid colours": (layouts.camvid, {"mask_suffix": "_L", "color_map": CAMVID_COLOURS}, torch.uint8),
+    "voc 255 borders": (layouts.pascal_voc, {"num_classes": 21, "strict": False}, torch.uint8),
+    "carvana binary": (layouts.carvana, {"mask_suffix": "_mask", "target": "binary"}, torch.uint8),
+    "pets binary, ignore 300": (
+        layouts.oxford_pets,
+        {"value_map": {1: 1, 2: 0, 3: 300}, "target": "binary", "ignore_index": 300},
+        torch.int64,
+    ),
+    "16-bit ids 300..900": (layouts.tiff_stacks, {}, torch.int64),
+}
+
+
+@pytest.mark.filterwarnings("ignore:dropping unpaired files")
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_uint8_masks_from_the_dataset_hold_the_same_ids(tmp_path: Path, name: str) -> None:
+    build, kwargs, expected = LAYOUTS[name]
+    layout = build(tmp_path)
+    wide = SegmentationDataset(layout.images, layout.masks, **kwargs)
+    narrow = SegmentationDataset(layout.images, layout.masks, mask_dtype=torch.uint8, **kwargs)
+    for index in range(len(wide)):
+        mask = narrow[index][1]
+        assert type(mask) is tv_tensors.Mask and mask.dtype == expected
+        assert torch.equal(mask.long(), wide[index][1])
+    assert "mask_dtype=torch.uint8" in repr(narrow)
+
+
+def test_mask_dtype_errors() -> None:
+    with pytest.raises(ValueError, match=r"`mask_dtype` must be torch.int64 \(the default\) or torch.uint8"):
+        SegmentationDataset("images", "masks", mask_dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"`mask_dtype=torch.uint8` applies to semantic and binary targets"):
+        SegmentationDataset("images", "masks", target="instance", mask_dtype=torch.uint8)
+
+
+def test_on_a_gpu_the_trainer_builds_uint8_masks_in_a_copy_of_a_dataset_without_transforms(tmp_path: Path) -> None:
+    root = make_shapes(tmp_path / "shapes", n=4, size=16, seed=0)
+    plain = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
+    loader = compact_masks(DataLoader(plain, batch_size=2, num_workers=1, collate_fn=collate), None, device=GPU)[0]
+    assert loader.dataset is not plain and loader.dataset.mask_dtype == torch.uint8
+    assert plain.mask_dtype == torch.int64  # the user's dataset is left as it is
+    plain.set_epoch(3)
+    assert loader.dataset.epoch == 3  # the copy shares the epoch the Trainer sets
+    augmented = SegmentationDataset(
+        root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", transforms=lambda image, mask: (image, mask)
+    )
+    loader = compact_masks(DataLoader(augmented, batch_size=2, num_workers=1, collate_fn=collate), None, device=GPU)[0]
+    assert loader.dataset is augmented  # a transform may rely on int64 masks: only the collate narrows
+
+
+def _fit(root: Path, collate_fn, mask_dtype: torch.dtype = torch.int64) -> tuple[Trainer, list[torch.Tensor]]:
+    folders = (root / "PNGImages", root / "SemanticMasks")
+    ds = SegmentationDataset(*folders, mask_suffix="_mask", seed=0, mask_dtype=mask_dtype)
     loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=1, collate_fn=collate_fn)
     torch.manual_seed(0)
     model = UNet(3, 4, base_channels=4, depth=2)
@@ -127,6 +181,8 @@ def _fit(root: Path, collate_fn) -> tuple[Trainer, list[torch.Tensor]]:
 def test_the_trainer_trains_on_uint8_masks_exactly_as_on_int64(tmp_path: Path) -> None:
     root = make_shapes(tmp_path / "shapes", n=8, size=32, seed=0)
     compacted, weights = _fit(root, functools.partial(collate, compact_masks=True))
+    _, same = _fit(root, functools.partial(collate, compact_masks=True), torch.uint8)  # uint8 from the files on
+    assert all(torch.equal(a, b) for a, b in zip(weights, same, strict=True))
     assert next(iter(compacted._train_loader))[1].dtype == torch.uint8
     plain, reference = _fit(root, collate)  # on the CPU the Trainer sends int64
     assert next(iter(plain._train_loader))[1].dtype == torch.int64

@@ -8,6 +8,7 @@ under DDP, sending masks as uint8 where that saves a copy) and an evaluation loa
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from collections.abc import Callable, Iterable
@@ -155,13 +156,32 @@ def compact_masks(
         return loader, transform
     compact = functools.partial(collate, compact_masks=True)
     if loader.collate_fn is collate and loader.num_workers > 0 and device.type == "cuda":
-        loader = rebuild_loader(loader, collate_fn=compact) or loader
+        loader = rebuild_loader(loader, collate_fn=compact, dataset=_with_uint8_masks(loader.dataset)) or loader
     given = loader.collate_fn
     if not (isinstance(given, functools.partial) and given.func is collate and given.keywords.get("compact_masks")):
         return loader, transform
     if transform is None:
         return loader, widen_masks
     return loader, lambda batch: transform(widen_masks(batch))
+
+
+def _with_uint8_masks(dataset: Any) -> Any:
+    """A shallow copy of a ``SegmentationDataset`` building uint8 masks, when nothing but the collate sees them.
+
+    Only without ``transforms``: a transform of the user's may rely on int64 masks (and the presets
+    return int64 anyway, which the compact collate narrows). Anything else is returned as it is.
+    """
+    from trainkit.data.dataset import SegmentationDataset
+
+    if (
+        isinstance(dataset, SegmentationDataset)
+        and dataset.mask_dtype == torch.int64
+        and dataset.transforms is None
+        and dataset.target in ("semantic", "binary")
+    ):
+        dataset = copy.copy(dataset)  # the samples and the shared epoch counter stay shared
+        dataset.mask_dtype = torch.uint8
+    return dataset
 
 
 def prepare_eval_loader(

@@ -100,8 +100,10 @@ def rebuild_loader(
     sampler: Sampler[Any] | None = None,
     pin_memory: bool = False,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    dataset: Any = None,
 ) -> DataLoader[Any] | None:
-    """A copy of ``loader`` with a :class:`ResumableBatchSampler` (and optionally another sampler or ``collate_fn``).
+    """A copy of ``loader`` with a :class:`ResumableBatchSampler` (and optionally another sampler, ``collate_fn``
+    or ``dataset`` of the same length).
 
     ``pin_memory=True`` turns on pinned host memory (the Trainer asks for it on CUDA, where it
     makes the non-blocking host-to-device copies asynchronous); it never turns it off.
@@ -116,7 +118,7 @@ def rebuild_loader(
     """
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         return None
-    unchanged = sampler is None and collate_fn is None and loader.pin_memory >= pin_memory
+    unchanged = sampler is None and collate_fn is None and dataset is None and loader.pin_memory >= pin_memory
     if isinstance(loader.batch_sampler, ResumableBatchSampler) and unchanged:
         return loader
     inner = loader.batch_sampler
@@ -146,7 +148,7 @@ def rebuild_loader(
         kwargs["prefetch_factor"] = loader.prefetch_factor
     if hasattr(loader, "in_order"):
         kwargs["in_order"] = loader.in_order
-    return DataLoader(loader.dataset, **kwargs)
+    return DataLoader(loader.dataset if dataset is None else dataset, **kwargs)
 
 
 def _generators(batch_sampler: Any) -> dict[str, torch.Generator]:
