@@ -98,7 +98,7 @@ def test_the_default_step_widens_uint8_masks_after_the_copy_without_a_warning() 
 def test_the_trainer_compacts_on_a_gpu_and_widens_whatever_asks_for_compact_masks() -> None:
     data = [_sample(k) for k in range(4)]
     workers = DataLoader(data, batch_size=2, num_workers=1, collate_fn=collate)
-    assert compact_masks(workers, None, device=CPU) == (workers, None)  # the CPU would pay for the widening
+    assert compact_masks(workers, None, device=CPU) == (workers, None)  # the CPU would pay for the narrowing
     own = DataLoader(data, batch_size=2, num_workers=1, collate_fn=lambda b: collate(b))
     assert compact_masks(own, None, device=GPU) == (own, None)  # not trainkit's collate
     in_process = DataLoader(data, batch_size=2, collate_fn=collate)
@@ -149,24 +149,29 @@ def test_mask_dtype_errors() -> None:
         SegmentationDataset("images", "masks", target="instance", mask_dtype=torch.uint8)
 
 
-def test_on_a_gpu_the_trainer_builds_uint8_masks_in_a_copy_of_a_dataset_without_transforms(tmp_path: Path) -> None:
+def test_the_trainer_builds_uint8_masks_in_a_copy_of_a_dataset_without_transforms(tmp_path: Path) -> None:
     root = make_shapes(tmp_path / "shapes", n=4, size=16, seed=0)
     plain = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
-    loader = compact_masks(DataLoader(plain, batch_size=2, num_workers=1, collate_fn=collate), None, device=GPU)[0]
-    assert loader.dataset is not plain and loader.dataset.mask_dtype == torch.uint8
+    for device, workers in ((CPU, 0), (GPU, 1)):  # building uint8 costs nothing: worth it anywhere
+        loader, transform = compact_masks(
+            DataLoader(plain, batch_size=2, num_workers=workers, collate_fn=collate), None, device=device
+        )
+        assert loader.dataset is not plain and loader.dataset.mask_dtype == torch.uint8 and transform is widen_masks
     assert plain.mask_dtype == torch.int64  # the user's dataset is left as it is
     plain.set_epoch(3)
     assert loader.dataset.epoch == 3  # the copy shares the epoch the Trainer sets
     augmented = SegmentationDataset(
         root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", transforms=lambda image, mask: (image, mask)
     )
+    on_cpu = DataLoader(augmented, batch_size=2, collate_fn=collate)
+    assert compact_masks(on_cpu, None, device=CPU) == (on_cpu, None)  # narrowing int64 masks would cost here
     loader = compact_masks(DataLoader(augmented, batch_size=2, num_workers=1, collate_fn=collate), None, device=GPU)[0]
     assert loader.dataset is augmented  # a transform may rely on int64 masks: only the collate narrows
+    assert loader.collate_fn.keywords == {"compact_masks": True}
 
 
-def _fit(root: Path, collate_fn, mask_dtype: torch.dtype = torch.int64) -> tuple[Trainer, list[torch.Tensor]]:
-    folders = (root / "PNGImages", root / "SemanticMasks")
-    ds = SegmentationDataset(*folders, mask_suffix="_mask", seed=0, mask_dtype=mask_dtype)
+def _fit(root: Path, collate_fn) -> tuple[Trainer, list[torch.Tensor]]:
+    ds = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
     loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=1, collate_fn=collate_fn)
     torch.manual_seed(0)
     model = UNet(3, 4, base_channels=4, depth=2)
@@ -180,14 +185,17 @@ def _fit(root: Path, collate_fn, mask_dtype: torch.dtype = torch.int64) -> tuple
 
 def test_the_trainer_trains_on_uint8_masks_exactly_as_on_int64(tmp_path: Path) -> None:
     root = make_shapes(tmp_path / "shapes", n=8, size=32, seed=0)
-    compacted, weights = _fit(root, functools.partial(collate, compact_masks=True))
-    _, same = _fit(root, functools.partial(collate, compact_masks=True), torch.uint8)  # uint8 from the files on
-    assert all(torch.equal(a, b) for a, b in zip(weights, same, strict=True))
-    assert next(iter(compacted._train_loader))[1].dtype == torch.uint8
-    plain, reference = _fit(root, collate)  # on the CPU the Trainer sends int64
+    plain, reference = _fit(root, lambda batch: collate(batch))  # not trainkit's collate itself: int64
     assert next(iter(plain._train_loader))[1].dtype == torch.int64
-    assert all(torch.equal(a, b) for a, b in zip(weights, reference, strict=True))
-    assert compacted.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
+    narrowed, weights = _fit(root, functools.partial(collate, compact_masks=True))  # narrowed by the collate
+    assert next(iter(narrowed._train_loader))[1].dtype == torch.uint8
+    assert narrowed._train_loader.dataset.mask_dtype == torch.int64
+    automatic, built = _fit(root, collate)  # no transforms: the Trainer's copy of the dataset builds uint8
+    assert automatic._train_loader.dataset.mask_dtype == torch.uint8
+    assert next(iter(automatic._train_loader))[1].dtype == torch.uint8
+    for run in (weights, built):
+        assert all(torch.equal(a, b) for a, b in zip(run, reference, strict=True))
+    assert narrowed.history[-1]["train/loss"] == automatic.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
 
     seen: list[torch.dtype] = []
 

@@ -17,7 +17,7 @@ Rules, applied while stacking (one copy per field, into shared memory inside Dat
 Compact masks: ``collate(batch, compact_masks=True)`` stacks class-id ``Mask`` batches whose ids all lie in
 0..255 as uint8 instead of int64, one byte a pixel instead of eight, for the trip from the DataLoader
 workers (shared memory) and to the GPU; :func:`widen_masks` turns them back into int64 on the device.
-``Trainer`` does both by itself when it trains on a GPU with a loader batched by ``collate`` in workers.
+``Trainer`` does both by itself where it pays (see ``SegmentationDataset(mask_dtype=...)`` and the data guide).
 """
 
 from __future__ import annotations

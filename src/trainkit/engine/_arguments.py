@@ -133,12 +133,17 @@ def compact_masks(
 ) -> tuple[Iterable[Any], Callable[[Any], Any] | None]:
     """Send class-id masks through ``loader`` as uint8, and widen them to int64 on the device before ``transform``.
 
-    Done by itself for a ``DataLoader`` batched by :func:`trainkit.data.collate` in worker processes when
-    training on a GPU: the widening costs nothing there, the workers spend less on each batch and the
-    host-to-device copy of a 512x384 mask shrinks from 1.5 MB to 0.2 MB. On the CPU the widening would
-    cost the main process what the workers save, and without workers the main process would pay for the
-    narrowing. A loader already batched by ``collate(..., compact_masks=True)`` gets the widening anywhere.
-    The step sees the same int64 masks as before. Returns the loader and the batch transform to train with.
+    For a ``DataLoader`` batched by :func:`trainkit.data.collate`, measured with
+    ``benchmarks/data_pipeline.py`` (512x384 masks):
+
+    * a ``SegmentationDataset`` without transforms (or with ``mask_dtype=torch.uint8``) builds uint8 masks
+      from 8-bit files at no cost, so compact masks pay everywhere: 7-10% less CPU a sample even when the
+      widening runs on the CPU; the Trainer gives the loader a shallow copy of the dataset that does so;
+    * otherwise the collate narrows int64 masks after a range check, which pays only where the widening
+      is free and the bytes travel: on a GPU, with worker processes.
+
+    A loader already batched by ``collate(..., compact_masks=True)`` gets the widening anywhere. The step
+    sees the same int64 masks as before. Returns the loader and the batch transform to train with.
 
     Example:
         >>> data = [(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(4, 4, dtype=torch.long))] * 4
@@ -154,9 +159,11 @@ def compact_masks(
 
     if not isinstance(loader, DataLoader):
         return loader, transform
-    compact = functools.partial(collate, compact_masks=True)
-    if loader.collate_fn is collate and loader.num_workers > 0 and device.type == "cuda":
-        loader = rebuild_loader(loader, collate_fn=compact, dataset=_with_uint8_masks(loader.dataset)) or loader
+    if loader.collate_fn is collate:
+        uint8_dataset = _uint8_mask_dataset(loader.dataset)
+        if uint8_dataset is not None or (loader.num_workers > 0 and device.type == "cuda"):
+            compact = functools.partial(collate, compact_masks=True)
+            loader = rebuild_loader(loader, collate_fn=compact, dataset=uint8_dataset) or loader
     given = loader.collate_fn
     if not (isinstance(given, functools.partial) and given.func is collate and given.keywords.get("compact_masks")):
         return loader, transform
@@ -165,22 +172,22 @@ def compact_masks(
     return loader, lambda batch: transform(widen_masks(batch))
 
 
-def _with_uint8_masks(dataset: Any) -> Any:
-    """A shallow copy of a ``SegmentationDataset`` building uint8 masks, when nothing but the collate sees them.
+def _uint8_mask_dataset(dataset: Any) -> Any:
+    """A ``SegmentationDataset`` that builds uint8 masks: ``dataset`` itself, a shallow copy of it, or ``None``.
 
-    Only without ``transforms``: a transform of the user's may rely on int64 masks (and the presets
-    return int64 anyway, which the compact collate narrows). Anything else is returned as it is.
+    A copy only without ``transforms``: a transform of the user's may rely on int64 masks (and the
+    presets return int64 anyway).
     """
     from trainkit.data.dataset import SegmentationDataset
 
-    if (
-        isinstance(dataset, SegmentationDataset)
-        and dataset.mask_dtype == torch.int64
-        and dataset.transforms is None
-        and dataset.target in ("semantic", "binary")
-    ):
-        dataset = copy.copy(dataset)  # the samples and the shared epoch counter stay shared
-        dataset.mask_dtype = torch.uint8
+    if not isinstance(dataset, SegmentationDataset) or dataset.target not in ("semantic", "binary"):
+        return None
+    if dataset.mask_dtype == torch.uint8:
+        return dataset
+    if dataset.transforms is not None:
+        return None
+    dataset = copy.copy(dataset)  # the samples and the shared epoch counter stay shared
+    dataset.mask_dtype = torch.uint8
     return dataset
 
 
