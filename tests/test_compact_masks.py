@@ -23,7 +23,7 @@ import data_layouts as layouts
 from trainkit import Trainer
 from trainkit.data import SegmentationDataset, collate, make_shapes, widen_masks
 from trainkit.data.transforms import BatchNormalize
-from trainkit.engine._arguments import compact_masks
+from trainkit.engine._arguments import compact_masks, widened
 from trainkit.engine._step import BatchFixer
 from trainkit.models import UNet
 
@@ -77,6 +77,12 @@ def test_only_class_id_masks_are_compacted_and_widened() -> None:
     assert keyed["mask"].dtype == torch.int64
 
 
+def test_a_detection_dicts_masks_are_neither_narrowed_nor_widened() -> None:
+    sample = (torch.zeros(1), {"masks": tv_tensors.Mask(torch.ones(2, 2, 2, dtype=torch.int64))})
+    batch = collate([sample, sample], compact_masks=True)
+    assert batch[1]["masks"].dtype == torch.int64 == collate([sample, sample])[1]["masks"].dtype
+
+
 def test_collate_compacts_inside_workers_through_shared_memory() -> None:
     data = [_sample(k) for k in range(4)]
     loader = DataLoader(data, batch_size=2, num_workers=1, collate_fn=functools.partial(collate, compact_masks=True))
@@ -98,17 +104,18 @@ def test_the_default_step_widens_uint8_masks_after_the_copy_without_a_warning() 
 def test_the_trainer_compacts_on_a_gpu_and_widens_whatever_asks_for_compact_masks() -> None:
     data = [_sample(k) for k in range(4)]
     workers = DataLoader(data, batch_size=2, num_workers=1, collate_fn=collate)
-    assert compact_masks(workers, None, device=CPU) == (workers, None)  # the CPU would pay for the narrowing
+    assert compact_masks(workers, device=CPU) == (workers, False)  # the CPU would pay for the narrowing
     own = DataLoader(data, batch_size=2, num_workers=1, collate_fn=lambda b: collate(b))
-    assert compact_masks(own, None, device=GPU) == (own, None)  # not trainkit's collate
+    assert compact_masks(own, device=GPU) == (own, False)  # not trainkit's collate
     in_process = DataLoader(data, batch_size=2, collate_fn=collate)
-    assert compact_masks(in_process, None, device=GPU) == (in_process, None)  # nothing travels
-    loader, transform = compact_masks(workers, None, device=GPU)  # decided, not run, here
-    assert loader.collate_fn.keywords == {"compact_masks": True} and transform is widen_masks
+    assert compact_masks(in_process, device=GPU) == (in_process, False)  # nothing travels
+    loader, widen = compact_masks(workers, device=GPU)  # decided, not run, here
+    assert loader.collate_fn.keywords == {"compact_masks": True} and widen
     assert loader.num_workers == 1 and loader.dataset is data
     asked = DataLoader(data, batch_size=2, collate_fn=functools.partial(collate, compact_masks=True))
-    assert compact_masks(asked, None, device=CPU) == (asked, widen_masks)
-    double = compact_masks(asked, lambda batch: (batch[0], batch[1] * 2), device=CPU)[1]
+    assert compact_masks(asked, device=CPU) == (asked, True)
+    assert widened(None) is widen_masks
+    double = widened(lambda batch: (batch[0], batch[1] * 2))
     assert double((torch.zeros(1), tv_tensors.Mask(torch.ones(2, dtype=torch.uint8))))[1].tolist() == [2, 2]
 
 
@@ -151,23 +158,35 @@ def test_mask_dtype_errors() -> None:
 
 def test_the_trainer_builds_uint8_masks_in_a_copy_of_a_dataset_without_transforms(tmp_path: Path) -> None:
     root = make_shapes(tmp_path / "shapes", n=4, size=16, seed=0)
-    plain = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
+    folders = (root / "PNGImages", root / "SemanticMasks")
+    plain = SegmentationDataset(*folders, mask_suffix="_mask", seed=0)
     for device, workers in ((CPU, 0), (GPU, 1)):  # building uint8 costs nothing: worth it anywhere
-        loader, transform = compact_masks(
-            DataLoader(plain, batch_size=2, num_workers=workers, collate_fn=collate), None, device=device
+        loader, widen = compact_masks(
+            DataLoader(plain, batch_size=2, num_workers=workers, collate_fn=collate), device=device
         )
-        assert loader.dataset is not plain and loader.dataset.mask_dtype == torch.uint8 and transform is widen_masks
+        assert loader.dataset is not plain and loader.dataset.mask_dtype == torch.uint8 and widen
     assert plain.mask_dtype == torch.int64  # the user's dataset is left as it is
     plain.set_epoch(3)
     assert loader.dataset.epoch == 3  # the copy shares the epoch the Trainer sets
-    augmented = SegmentationDataset(
-        root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", transforms=lambda image, mask: (image, mask)
-    )
-    on_cpu = DataLoader(augmented, batch_size=2, collate_fn=collate)
-    assert compact_masks(on_cpu, None, device=CPU) == (on_cpu, None)  # narrowing int64 masks would cost here
-    loader = compact_masks(DataLoader(augmented, batch_size=2, num_workers=1, collate_fn=collate), None, device=GPU)[0]
-    assert loader.dataset is augmented  # a transform may rely on int64 masks: only the collate narrows
-    assert loader.collate_fn.keywords == {"compact_masks": True}
+
+    class Shifted(SegmentationDataset):  # computes on its masks: uint8 would wrap around
+        def __getitem__(self, index):
+            image, mask = super().__getitem__(index)
+            return image, tv_tensors.Mask(torch.where(mask == 0, -100, mask - 1))
+
+    unsafe = [
+        SegmentationDataset(*folders, mask_suffix="_mask", transforms=lambda image, mask: (image, mask)),
+        Shifted(*folders, mask_suffix="_mask"),
+        SegmentationDataset(*folders, mask_suffix="_mask", value_map={0: 0, 1: 1, 2: 2, 3: 3}),  # int64 lookups
+    ]
+    for dataset in unsafe:
+        on_cpu = DataLoader(dataset, batch_size=2, collate_fn=collate)
+        assert compact_masks(on_cpu, device=CPU) == (on_cpu, False)
+        loader = compact_masks(DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=collate), device=GPU)[0]
+        assert loader.dataset is dataset  # only the collate narrows, after the dataset's own work
+        assert loader.collate_fn.keywords == {"compact_masks": True}
+    shifted = compact_masks(DataLoader(unsafe[1], batch_size=4, collate_fn=collate), device=CPU)[0]
+    assert next(iter(shifted))[1].min().item() == -100
 
 
 def _fit(root: Path, collate_fn) -> tuple[Trainer, list[torch.Tensor]]:
@@ -207,5 +226,10 @@ def test_the_trainer_trains_on_uint8_masks_exactly_as_on_int64(tmp_path: Path) -
     ds = SegmentationDataset(root / "PNGImages", root / "SemanticMasks", mask_suffix="_mask", seed=0)
     loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=functools.partial(collate, compact_masks=True))
     opt = torch.optim.SGD(trainer_model.parameters(), lr=0.1)
-    Trainer(trainer_model, opt, device="cpu", progress=False, training_step=step).fit(loader, epochs=1)
+    trainer = Trainer(
+        trainer_model, opt, device="cpu", progress=False, training_step=step, validation_step=step
+    )  # fmt: skip
+    trainer.fit(loader, epochs=1)
     assert seen == [torch.int64, torch.int64]
+    trainer.evaluate(loader)  # a validation loader that sends uint8 masks is widened too
+    assert seen == [torch.int64] * 4

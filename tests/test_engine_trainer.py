@@ -353,6 +353,49 @@ def test_an_error_without_a_known_fix_is_raised_unchanged() -> None:
         _trainer(_FailsOwnWay()).evaluate([(X, Y)])
 
 
+class _ProgressiveScale(Callback):
+    """Changes `trainer.batch_transform` from the second epoch on (e.g. progressive resizing)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == 2:
+            trainer.batch_transform = self.scale
+
+    def scale(self, batch):
+        self.calls += 1
+        return batch[0] * 2, batch[1]
+
+
+def test_a_batch_transform_set_during_fit_is_used_from_then_on() -> None:
+    callback = _ProgressiveScale()
+    _trainer(_mlp(), callbacks=[callback]).fit([(X, Y)] * 3, epochs=2)
+    assert callback.calls == 3
+
+
+class _ParamMetric:
+    """A metric of the user's with a parameter: its update must not build an autograd graph."""
+
+    def __init__(self) -> None:
+        self.net, self.total = nn.Linear(3, 1), torch.zeros(())
+
+    def reset(self) -> None:
+        self.total = torch.zeros(())
+
+    def update(self, outputs, targets) -> None:
+        self.total = self.total + self.net(outputs).sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total
+
+
+def test_metrics_of_the_users_update_without_recording_a_graph() -> None:
+    metric = _ParamMetric()
+    _trainer(_mlp(), metrics={"p": metric}).fit([(X, Y)] * 3, epochs=1)
+    assert not metric.total.requires_grad and metric.total.grad_fn is None
+
+
 def test_nan_loss_names_the_step_and_skip_continues() -> None:
     bad = X.clone()
     bad[0, 0] = float("nan")

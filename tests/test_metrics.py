@@ -328,6 +328,41 @@ def test_state_dict_round_trip_merge_and_reset() -> None:
     assert whole.confusion_matrix().sum().item() == 0
 
 
+def test_a_copied_metric_keeps_its_own_counts() -> None:
+    import copy
+
+    hit, miss = (torch.tensor([[2.0, 0.0]]), torch.tensor([0])), (torch.tensor([[2.0, 0.0]]), torch.tensor([1]))
+    for make in (lambda: Accuracy(num_classes=2), lambda: MeanIoU(num_classes=2)):
+        a = make()
+        b = copy.copy(a)  # before any update
+        a.update(*hit)
+        b.update(*miss)
+        c = copy.copy(a)  # after one (Accuracy still holds it deferred)
+        c.update(*miss)
+        expected = {}
+        for name, batches in {"a": [hit], "b": [miss], "c": [hit, miss]}.items():
+            fresh = make()
+            for batch in batches:
+                fresh.update(*batch)
+            expected[name] = fresh.compute().item()
+        assert {"a": a.compute().item(), "b": b.compute().item(), "c": c.compute().item()} == expected
+        assert expected["a"] != expected["c"]
+
+
+def test_accuracy_loads_the_state_layout_of_trainkit_0_1_0() -> None:
+    old = {
+        "correct": torch.tensor(3),
+        "total": torch.tensor(4),
+        "out_of_range": torch.tensor(0),
+        "label_min": torch.tensor([0, 0]),
+        "label_max": torch.tensor([2, 1]),
+    }
+    metric = Accuracy(num_classes=3)
+    metric.load_state_dict(old)
+    assert metric.compute().item() == 0.75
+    assert metric.state_dict()["target_max"].item() == 2 and metric.state_dict()["pred_max"].item() == 1
+
+
 def test_compute_all_reduces_a_copy_so_repeated_compute_does_not_double(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 

@@ -110,9 +110,15 @@ def test_move_to_device_changes_the_device_of_every_tensor() -> None:
     assert moved["x"][0].device.type == "meta" and moved["y"][0].device.type == "meta"
 
 
-def test_move_to_device_leaves_tensors_already_there_as_they_are() -> None:
+def test_move_to_device_leaves_tensors_already_there_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
     x, y = torch.ones(2), torch.zeros(2, dtype=torch.long)
+
+    def no_to(*args, **kwargs):
+        raise AssertionError("`.to()` called for a tensor already on the device")
+
+    monkeypatch.setattr(torch.Tensor, "to", no_to)
     moved = move_to_device((x, [y], {"y": y}), CPU)
+    monkeypatch.undo()
     assert moved[0] is x and moved[1][0] is y and moved[2]["y"] is y
 
 

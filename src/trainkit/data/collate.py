@@ -254,7 +254,8 @@ def _stack(tensors: list[torch.Tensor], role: str, where: str, compact: bool) ->
     if any(t.shape != shape for t in tensors):
         raise DataError(_shape_message(tensors, where))
     dtype = _batch_dtype(first, role)
-    if compact and dtype == torch.int64 and isinstance(first, tv_tensors.Mask) and _fit_in_a_byte(tensors):
+    class_ids = dtype == torch.int64 and isinstance(first, tv_tensors.Mask) and role != _KEEP
+    if compact and class_ids and _fit_in_a_byte(tensors):
         dtype = torch.uint8
     out = None
     if get_worker_info() is not None:  # write the batch straight into shared memory, as default_collate does

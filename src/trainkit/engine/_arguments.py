@@ -26,6 +26,8 @@ __all__ = [
     "compact_masks",
     "prepare_eval_loader",
     "prepare_train_loader",
+    "sends_compact_masks",
+    "widened",
     "with_channels_last",
 ]
 
@@ -128,55 +130,76 @@ def prepare_train_loader(
     return rebuilt
 
 
-def compact_masks(
-    loader: Iterable[Any], transform: Callable[[Any], Any] | None, *, device: torch.device
-) -> tuple[Iterable[Any], Callable[[Any], Any] | None]:
-    """Send class-id masks through ``loader`` as uint8, and widen them to int64 on the device before ``transform``.
+def compact_masks(loader: Iterable[Any], *, device: torch.device) -> tuple[Iterable[Any], bool]:
+    """``loader`` sending class-id masks as uint8 where that pays, and whether its batches need :func:`widened`.
 
     For a ``DataLoader`` batched by :func:`trainkit.data.collate`, measured with
     ``benchmarks/data_pipeline.py`` (512x384 masks):
 
-    * a ``SegmentationDataset`` without transforms (or with ``mask_dtype=torch.uint8``) builds uint8 masks
-      from 8-bit files at no cost, so compact masks pay everywhere: 7-10% less CPU a sample even when the
-      widening runs on the CPU; the Trainer gives the loader a shallow copy of the dataset that does so;
+    * a plain ``SegmentationDataset`` without transforms or value/colour maps builds uint8 masks from
+      8-bit files at no cost, so compact masks pay everywhere: 7-10% less CPU a sample even when the
+      widening runs on the CPU; the loader gets a shallow copy of the dataset that does so (also kept
+      for one already built with ``mask_dtype=torch.uint8``);
     * otherwise the collate narrows int64 masks after a range check, which pays only where the widening
       is free and the bytes travel: on a GPU, with worker processes.
 
-    A loader already batched by ``collate(..., compact_masks=True)`` gets the widening anywhere. The step
-    sees the same int64 masks as before. Returns the loader and the batch transform to train with.
+    A loader already batched by ``collate(..., compact_masks=True)`` is kept and widened anywhere.
 
     Example:
         >>> data = [(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(4, 4, dtype=torch.long))] * 4
         >>> from trainkit.data import collate
         >>> loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate, num_workers=2)
-        >>> loader, transform = compact_masks(loader, None, device=torch.device("cuda"))
-        >>> loader.collate_fn.keywords, transform.__name__
-        ({'compact_masks': True}, 'widen_masks')
+        >>> loader, widen = compact_masks(loader, device=torch.device("cuda"))
+        >>> loader.collate_fn.keywords, widen
+        ({'compact_masks': True}, True)
     """
     from torch.utils.data import DataLoader
 
-    from trainkit.data.collate import collate, widen_masks
+    from trainkit.data.collate import collate
 
-    if not isinstance(loader, DataLoader):
-        return loader, transform
-    if loader.collate_fn is collate:
+    if isinstance(loader, DataLoader) and loader.collate_fn is collate:
         uint8_dataset = _uint8_mask_dataset(loader.dataset)
         if uint8_dataset is not None or (loader.num_workers > 0 and device.type == "cuda"):
             compact = functools.partial(collate, compact_masks=True)
             loader = rebuild_loader(loader, collate_fn=compact, dataset=uint8_dataset) or loader
-    given = loader.collate_fn
-    if not (isinstance(given, functools.partial) and given.func is collate and given.keywords.get("compact_masks")):
-        return loader, transform
+    return loader, sends_compact_masks(loader)
+
+
+def sends_compact_masks(loader: Any) -> bool:
+    """Whether ``loader`` is batched by ``collate(..., compact_masks=True)``, so its masks may be uint8.
+
+    Example:
+        >>> sends_compact_masks([(torch.zeros(2), torch.zeros(2))])
+        False
+    """
+    from trainkit.data.collate import collate
+
+    given = getattr(loader, "collate_fn", None)
+    return isinstance(given, functools.partial) and given.func is collate and bool(given.keywords.get("compact_masks"))
+
+
+def widened(transform: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """:func:`trainkit.data.widen_masks`, then ``transform``: the batch transform for compact masks.
+
+    Example:
+        >>> from torchvision import tv_tensors
+        >>> batch = (torch.zeros(1), tv_tensors.Mask(torch.ones(2, dtype=torch.uint8)))
+        >>> widened(None)(batch)[1].dtype
+        torch.int64
+    """
+    from trainkit.data.collate import widen_masks
+
     if transform is None:
-        return loader, widen_masks
-    return loader, lambda batch: transform(widen_masks(batch))
+        return widen_masks
+    return lambda batch: transform(widen_masks(batch))
 
 
 def _uint8_mask_dataset(dataset: Any) -> Any:
     """A ``SegmentationDataset`` that builds uint8 masks: ``dataset`` itself, a shallow copy of it, or ``None``.
 
-    A copy only without ``transforms``: a transform of the user's may rely on int64 masks (and the
-    presets return int64 anyway).
+    A copy only of the class itself (a subclass may compute on its masks), without ``transforms`` (a
+    transform may rely on int64 masks, and the presets return int64 anyway) and without value/colour
+    maps (their lookup gives int64 ids, which would cost a range check to narrow).
     """
     from trainkit.data.dataset import SegmentationDataset
 
@@ -184,7 +207,7 @@ def _uint8_mask_dataset(dataset: Any) -> Any:
         return None
     if dataset.mask_dtype == torch.uint8:
         return dataset
-    if dataset.transforms is not None:
+    if type(dataset) is not SegmentationDataset or dataset.transforms is not None or dataset.encoding.mapped:
         return None
     dataset = copy.copy(dataset)  # the samples and the shared epoch counter stay shared
     dataset.mask_dtype = torch.uint8

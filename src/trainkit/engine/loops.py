@@ -133,6 +133,7 @@ def train_one_epoch(
     group_has_grad = False
     no_sync = getattr(model, "no_sync", None)  # looked up once: a missing nn.Module attribute is slow to find
     read_values = functools.partial(_running_values, state)
+    own_metrics = _all_trainkit(metrics)
     autocast = precision.autocast()  # entered every step (sequentially: one object serves them all)
 
     model.train()
@@ -175,7 +176,7 @@ def train_one_epoch(
                 raise better from err
             if finite:
                 state.add_loss(loss, n)
-                state.metrics_updated |= _update_metrics(metrics, out)
+                state.metrics_updated |= _update_metrics(metrics, out, own_metrics)
             state.batch_idx += 1
             if on_batch_end is not None:
                 on_batch_end(state, out)
@@ -237,6 +238,7 @@ def evaluate(
     metrics = dict(metrics or {})
     for metric in metrics.values():
         metric.reset()
+    own_metrics = _all_trainkit(metrics)
     step = step_fn or default_step(model, loss_fn, need_loss=False)
     fixer = BatchFixer(model, loss_fn) if step_fn is None else None
     state = LoopState()
@@ -251,7 +253,7 @@ def evaluate(
                     out = as_step_output(step(batch))
                 if out.loss is not None:
                     state.add_loss(out.loss, n)
-                state.metrics_updated |= _update_metrics(metrics, out)
+                state.metrics_updated |= _update_metrics(metrics, out, own_metrics)
                 bar.advance(lambda: {"loss": state.mean_loss()})
     finally:
         bar.end_batches()
@@ -341,12 +343,16 @@ def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return results
 
 
-def _update_metrics(metrics: Mapping[str, Any], out: StepOutput) -> bool:
-    """Feed the step's outputs and targets to the metrics; ``False`` when the step gave none."""
+def _update_metrics(metrics: Mapping[str, Any], out: StepOutput, own: bool) -> bool:
+    """Feed the step's outputs and targets to the metrics; ``False`` when the step gave none.
+
+    ``own``: every metric is one of trainkit's, which hold no parameters, so on detached tensors they
+    record nothing and the update needs no ``torch.no_grad()``.
+    """
     if not metrics or out.outputs is None or out.targets is None:
         return False
     outputs, targets = out.outputs, out.targets
-    if type(outputs) is torch.Tensor and type(targets) is torch.Tensor:  # detached, nothing to record: no no_grad
+    if own and type(outputs) is torch.Tensor and type(targets) is torch.Tensor:
         outputs = outputs.detach() if outputs.requires_grad else outputs
         targets = targets.detach() if targets.requires_grad else targets
         for metric in metrics.values():
@@ -357,6 +363,11 @@ def _update_metrics(metrics: Mapping[str, Any], out: StepOutput) -> bool:
         for metric in metrics.values():
             metric.update(outputs, targets)
     return True
+
+
+def _all_trainkit(metrics: Mapping[str, Any]) -> bool:
+    """Whether every metric is an instance of one of trainkit's own classes (not a subclass of the user's)."""
+    return all(type(metric).__module__.startswith("trainkit.metrics.") for metric in metrics.values())
 
 
 def _require_loss(out: StepOutput) -> torch.Tensor:

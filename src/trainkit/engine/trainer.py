@@ -33,6 +33,8 @@ from trainkit.engine._arguments import (
     compact_masks,
     prepare_eval_loader,
     prepare_train_loader,
+    sends_compact_masks,
+    widened,
     with_channels_last,
 )
 from trainkit.engine._fit_epoch import run_epoch
@@ -166,7 +168,7 @@ class Trainer:
         self.should_stop = False
         self.has_validation = False
         self._train_loader: Any = None
-        self._train_transform = self.batch_transform  # with the widening of uint8 masks when they travel so
+        self._widen_train_masks = False  # set by fit: the training loader sends uint8 masks
         self._tb: TensorBoardLogger | None = None
         self._resume_loader_state: dict[str, Any] | None = None
         self._interrupt = GracefulInterrupt(enabled=False)
@@ -270,9 +272,7 @@ class Trainer:
         if val_loader is not None:
             check_not_empty(val_loader, "val_loader")
         self._train_loader = prepare_train_loader(train_loader, self.dist, seed=self.seed, device=self.device)
-        self._train_loader, self._train_transform = compact_masks(
-            self._train_loader, self.batch_transform, device=self.device
-        )
+        self._train_loader, self._widen_train_masks = compact_masks(self._train_loader, device=self.device)
         val_loader = prepare_eval_loader(val_loader, self.dist, device=self.device)
         self.has_validation = val_loader is not None
         self.should_stop = False
@@ -330,7 +330,7 @@ class Trainer:
             precision=self.precision,
             loss_fn=self.loss_fn,
             step_fn=self._custom_step("validation_step"),
-            batch_transform=self.batch_transform,
+            batch_transform=widened(self.batch_transform) if sends_compact_masks(loader) else self.batch_transform,
             progress=Progress(enabled=self.progress and self.dist.is_main),
             reduce=self.dist.all_reduce_sum,
         )

@@ -241,6 +241,14 @@ class Metric(abc.ABC):
         self._state = {name: _combine(mine[name], theirs[name], op) for name, (_, op) in spec.items()}
         return self
 
+    def __copy__(self) -> Metric:
+        """A copy with its own counts (the state tensors are replaced on update, never changed in place)."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._state = dict(self._state) if self._state is not None else None
+        clone._deferred = list(self._deferred)
+        return clone
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._extra_repr()})"
 

@@ -8,6 +8,8 @@ rather than checked in ``update``, which never synchronises with the device.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from trainkit.metrics._base import (
@@ -158,6 +160,21 @@ class Accuracy(Metric):
             kept, self._deferred = self._deferred, []
             pred, offset = (torch.cat([x.reshape(-1) for x in column]) for column in zip(*kept, strict=True))
             _add_hits(self._state, pred, offset + pred)
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Restore the counts of :meth:`state_dict`; also reads the layout of trainkit 0.1.0 checkpoints.
+
+        Example:
+            >>> a, b = Accuracy(num_classes=2), Accuracy(num_classes=2)
+            >>> a.update(torch.tensor([[2.0, 0.0]]), torch.tensor([0]))
+            >>> b.load_state_dict(a.state_dict()); float(b.compute())
+            1.0
+        """
+        if "label_min" in state_dict and "label_max" in state_dict and "target_min" not in state_dict:
+            state_dict = dict(state_dict)  # before: one [target, pred] tensor for each extreme
+            (state_dict["target_min"], state_dict["pred_min"]) = state_dict.pop("label_min").unbind()
+            (state_dict["target_max"], state_dict["pred_max"]) = state_dict.pop("label_max").unbind()
+        super().load_state_dict(state_dict)
 
     def _compute(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
         keys = ("out_of_range", "target_min", "target_max", "pred_min", "pred_max")
