@@ -160,14 +160,18 @@ def test_the_trainer_builds_uint8_masks_in_a_copy_of_a_dataset_without_transform
     root = make_shapes(tmp_path / "shapes", n=4, size=16, seed=0)
     folders = (root / "PNGImages", root / "SemanticMasks")
     plain = SegmentationDataset(*folders, mask_suffix="_mask", seed=0)
-    for device, workers in ((CPU, 0), (GPU, 1)):  # building uint8 costs nothing: worth it anywhere
-        loader, widen = compact_masks(
-            DataLoader(plain, batch_size=2, num_workers=workers, collate_fn=collate), device=device
-        )
-        assert loader.dataset is not plain and loader.dataset.mask_dtype == torch.uint8 and widen
-    assert plain.mask_dtype == torch.int64  # the user's dataset is left as it is
-    plain.set_epoch(3)
-    assert loader.dataset.epoch == 3  # the copy shares the epoch the Trainer sets
+    mapped = SegmentationDataset(*folders, mask_suffix="_mask", value_map={0: 0, 1: 3, 2: 2, 3: 1})
+    for dataset in (plain, mapped):
+        for device, workers in ((CPU, 0), (GPU, 1)):  # building uint8 costs nothing: worth it anywhere
+            loader, widen = compact_masks(
+                DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate), device=device
+            )
+            assert loader.dataset is not dataset and loader.dataset.mask_dtype == torch.uint8 and widen
+        mask = next(iter(loader))[1]
+        assert mask.dtype == torch.uint8 and torch.equal(mask.long(), next(iter(DataLoader(dataset, 2)))[1])
+        assert dataset.mask_dtype == torch.int64  # the user's dataset is left as it is
+        dataset.set_epoch(3)
+        assert loader.dataset.epoch == 3  # the copy shares the epoch the Trainer sets
 
     class Shifted(SegmentationDataset):  # computes on its masks: uint8 would wrap around
         def __getitem__(self, index):
@@ -177,7 +181,7 @@ def test_the_trainer_builds_uint8_masks_in_a_copy_of_a_dataset_without_transform
     unsafe = [
         SegmentationDataset(*folders, mask_suffix="_mask", transforms=lambda image, mask: (image, mask)),
         Shifted(*folders, mask_suffix="_mask"),
-        SegmentationDataset(*folders, mask_suffix="_mask", value_map={0: 0, 1: 1, 2: 2, 3: 3}),  # int64 lookups
+        SegmentationDataset(*folders, mask_suffix="_mask", value_map={0: 0, 1: 300, 2: 2, 3: 3}),  # ids over 255
     ]
     for dataset in unsafe:
         on_cpu = DataLoader(dataset, batch_size=2, collate_fn=collate)

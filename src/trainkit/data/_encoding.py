@@ -96,6 +96,12 @@ class MaskEncoding:
         """Whether a ``color_map`` or ``value_map`` translates stored values into class ids."""
         return self.color_map is not None or self.value_map is not None
 
+    @property
+    def map_fits_a_byte(self) -> bool:
+        """Whether a map's class ids (and ``ignore_index``) all lie in 0..255, so lookups can give uint8."""
+        values = [*(self.color_map or {}).values(), *(self.value_map or {}).values(), self.ignore_index or 0]
+        return self.mapped and max(values) <= 255
+
     @staticmethod
     def _check_color_map(color_map: Mapping[tuple[int, int, int], int]) -> dict[tuple[int, int, int], int]:
         if not isinstance(color_map, Mapping) or not color_map:
@@ -121,18 +127,21 @@ class MaskEncoding:
                 raise ValueError(f"`value_map` values must be class ids >= 0, got {class_id!r} for {raw!r}")
         return {int(raw): int(class_id) for raw, class_id in value_map.items()}
 
-    def class_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
+    def class_ids(self, raw: np.ndarray, path: Path, *, small: bool = False) -> np.ndarray:
         """Class ids ``[H, W]`` from a decoded mask (``[H, W, 3]`` when a ``color_map`` is set).
 
         Without a map the stored values are the ids, in their stored integer dtype (uint8 stays uint8, so
-        comparisons downstream stay cheap); a map gives int64.
+        comparisons downstream stay cheap); a map gives int64, or uint8 with ``small`` when its ids fit
+        (:attr:`map_fits_a_byte`).
 
         Raises:
             MaskValueError: colours or values missing from the map, a colour mask without ``color_map``, or
                 non-integer values; the message names the file.
         """
+        small = small and self.map_fits_a_byte
         if self._colour_keys is not None and self._colour_ids is not None:
-            return self._lookup_colours(raw, path, self._colour_keys, self._colour_ids)
+            colour_ids = self._colour_ids.astype(np.uint8) if small else self._colour_ids  # a few entries
+            return self._lookup_colours(raw, path, self._colour_keys, colour_ids)
         if raw.ndim == 3:
             colours = np.unique(raw.reshape(-1, raw.shape[2])[:: max(1, raw.shape[0] * raw.shape[1] // 4096)], axis=0)
             raise MaskValueError(
@@ -150,7 +159,10 @@ class MaskEncoding:
             ids = ids.astype(np.int64)
         elif ids.dtype.kind not in "iu":
             ids = ids.astype(np.int64)
-        return ids if self._table is None else self._lookup_values(ids, path, self._table)
+        if self._table is None:
+            return ids
+        mapped = self._lookup_values(ids, path, self._table)
+        return mapped.astype(np.uint8) if small else mapped
 
     def _lookup_values(self, ids: np.ndarray, path: Path, table: np.ndarray) -> np.ndarray:
         low, high = int(ids.min(initial=0)), int(ids.max(initial=0))

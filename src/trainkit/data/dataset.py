@@ -205,7 +205,7 @@ class SegmentationDataset(Dataset[Sample]):
         if self.target == "binary" and not encoding.mapped:
             values = raw.max(axis=2) if raw.ndim == 3 else raw  # colour masks: any non-zero channel
             return binary_target(values, threshold=self.threshold, ignore_index=None, compact=compact)
-        ids = encoding.class_ids(raw, mask_path)
+        ids = encoding.class_ids(raw, mask_path, small=compact)
         if self.target == "binary":
             return binary_target(ids, threshold=self.threshold, ignore_index=encoding.ignore_index, compact=compact)
         if self.target == "instance":

@@ -136,10 +136,10 @@ def compact_masks(loader: Iterable[Any], *, device: torch.device) -> tuple[Itera
     For a ``DataLoader`` batched by :func:`trainkit.data.collate`, measured with
     ``benchmarks/data_pipeline.py`` (512x384 masks):
 
-    * a plain ``SegmentationDataset`` without transforms or value/colour maps builds uint8 masks from
-      8-bit files at no cost, so compact masks pay everywhere: 7-10% less CPU a sample even when the
-      widening runs on the CPU; the loader gets a shallow copy of the dataset that does so (also kept
-      for one already built with ``mask_dtype=torch.uint8``);
+    * a plain ``SegmentationDataset`` without transforms builds uint8 masks from 8-bit files (or through
+      value/colour maps whose ids fit a byte) at no cost, so compact masks pay everywhere: 7-10% less CPU
+      a sample even when the widening runs on the CPU; the loader gets a shallow copy of the dataset that
+      does so (also kept for one already built with ``mask_dtype=torch.uint8``);
     * otherwise the collate narrows int64 masks after a range check, which pays only where the widening
       is free and the bytes travel: on a GPU, with worker processes.
 
@@ -198,8 +198,8 @@ def _uint8_mask_dataset(dataset: Any) -> Any:
     """A ``SegmentationDataset`` that builds uint8 masks: ``dataset`` itself, a shallow copy of it, or ``None``.
 
     A copy only of the class itself (a subclass may compute on its masks), without ``transforms`` (a
-    transform may rely on int64 masks, and the presets return int64 anyway) and without value/colour
-    maps (their lookup gives int64 ids, which would cost a range check to narrow).
+    transform may rely on int64 masks, and the presets return int64 anyway), and with value/colour maps
+    only when their ids fit a byte (otherwise narrowing would cost a range check on every mask).
     """
     from trainkit.data.dataset import SegmentationDataset
 
@@ -207,7 +207,8 @@ def _uint8_mask_dataset(dataset: Any) -> Any:
         return None
     if dataset.mask_dtype == torch.uint8:
         return dataset
-    if type(dataset) is not SegmentationDataset or dataset.transforms is not None or dataset.encoding.mapped:
+    maps_too_wide = dataset.encoding.mapped and not dataset.encoding.map_fits_a_byte
+    if type(dataset) is not SegmentationDataset or dataset.transforms is not None or maps_too_wide:
         return None
     dataset = copy.copy(dataset)  # the samples and the shared epoch counter stay shared
     dataset.mask_dtype = torch.uint8
