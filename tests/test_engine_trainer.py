@@ -289,68 +289,57 @@ def test_float64_inputs_are_converted_with_one_warning() -> None:
     assert history[0]["train/loss"] == reference[0]["train/loss"]
 
 
-class _Float64Inside(nn.Module):
-    def __init__(self):
+class _Broken(nn.Module):
+    """A linear model whose forward does ``fault(self.linear, x)``: one of the notes' classic failures."""
+
+    def __init__(self, fault):
         super().__init__()
-        self.linear = nn.Linear(8, 3)
+        self.linear, self.fault = nn.Linear(8, 3), fault
 
     def forward(self, x):
-        return self.linear(x.double())
+        return self.fault(self.linear, x)
+
+
+def _raise(err: BaseException):
+    def fault(linear, x):
+        raise err
+
+    return fault
 
 
 def test_a_dtype_mismatch_inside_the_model_names_dtypes_and_the_fix() -> None:
+    float64_inside = _Broken(lambda linear, x: linear(x.double()))
     with pytest.raises(TrainingError, match=r"training step 0 \(batch 0\) failed: .*different dtypes.*`\.float\(\)`"):
-        _fit_one(_Float64Inside(), [(X, Y)])
-
-
-class _MetaTensorInside(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.linear(x) + torch.zeros(3, device="meta")
+        _fit_one(float64_inside, [(X, Y)])
 
 
 def test_tensors_on_two_devices_are_explained() -> None:
+    meta_tensor_inside = _Broken(lambda linear, x: linear(x) + torch.zeros(3, device="meta"))
     with pytest.raises(TrainingError, match=r"tensors are on two devices.*`device=inputs\.device`"):
-        _fit_one(_MetaTensorInside(), [(X, Y)])
+        _fit_one(meta_tensor_inside, [(X, Y)])
 
 
-class _OutOfMemory(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(8, 3)
-
-    def forward(self, x):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+def _out_of_memory() -> nn.Module:
+    return _Broken(_raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")))
 
 
 def test_out_of_memory_names_the_batch_size_and_suggestions() -> None:
     with pytest.raises(
         TrainingError, match=r"out of memory .* batch size 8: lower `batch_size` \(e\.g\. to 4\)"
     ) as err:
-        _fit_one(_OutOfMemory(), [(X, Y)])
+        _fit_one(_out_of_memory(), [(X, Y)])
     assert "`grad_accum=`" in str(err.value) and "amp='auto'" in str(err.value)
     with pytest.raises(TrainingError, match=r"out of memory during evaluation \(batch 0\) with batch size 8"):
-        _trainer(_OutOfMemory()).evaluate([(X, Y)])
-
-
-class _FailsOwnWay(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(8, 3)
-
-    def forward(self, x):
-        raise RuntimeError("my model's own failure")
+        _trainer(_out_of_memory()).evaluate([(X, Y)])
 
 
 def test_an_error_without_a_known_fix_is_raised_unchanged() -> None:
+    fails_own_way = _Broken(_raise(RuntimeError("my model's own failure")))
     with pytest.raises(RuntimeError, match=r"^my model's own failure$") as err:
-        _fit_one(_FailsOwnWay(), [(X, Y)])
+        _fit_one(fails_own_way, [(X, Y)])
     assert type(err.value) is RuntimeError and err.value.__cause__ is None
     with pytest.raises(RuntimeError, match=r"^my model's own failure$"):
-        _trainer(_FailsOwnWay()).evaluate([(X, Y)])
+        _trainer(fails_own_way).evaluate([(X, Y)])
 
 
 class _ProgressiveScale(Callback):
@@ -710,7 +699,7 @@ def test_hook_counts_with_a_mock_callback_and_on_exception() -> None:
 
     failing = MagicMock(spec=Callback)
     with pytest.raises(TrainingError):
-        _trainer(_OutOfMemory(), callbacks=[failing]).fit(train, epochs=2)
+        _trainer(_out_of_memory(), callbacks=[failing]).fit(train, epochs=2)
     assert failing.on_exception.call_count == 1 and failing.on_fit_end.call_count == 0
     assert isinstance(failing.on_exception.call_args.args[1], TrainingError)
 

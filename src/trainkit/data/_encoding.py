@@ -83,6 +83,9 @@ class MaskEncoding:
             order = np.argsort(packed)
             self._colour_keys = packed[order]
             self._colour_ids = np.array(list(self.color_map.values()), dtype=np.int64)[order]
+        ids = [*(self.color_map or {}).values(), *(self.value_map or {}).values(), ignore_index or 0]
+        self.map_fits_a_byte = self.mapped and max(ids) <= 255
+        """Whether a map's class ids (and ``ignore_index``) all lie in 0..255, so lookups can give uint8."""
         if self.value_map is not None:
             size = max(*self.value_map, ignore_index if ignore_index is not None else 0) + 1
             self._table = np.full(size, -1, dtype=np.int64)
@@ -95,12 +98,6 @@ class MaskEncoding:
     def mapped(self) -> bool:
         """Whether a ``color_map`` or ``value_map`` translates stored values into class ids."""
         return self.color_map is not None or self.value_map is not None
-
-    @property
-    def map_fits_a_byte(self) -> bool:
-        """Whether a map's class ids (and ``ignore_index``) all lie in 0..255, so lookups can give uint8."""
-        values = [*(self.color_map or {}).values(), *(self.value_map or {}).values(), self.ignore_index or 0]
-        return self.mapped and max(values) <= 255
 
     @staticmethod
     def _check_color_map(color_map: Mapping[tuple[int, int, int], int]) -> dict[tuple[int, int, int], int]:

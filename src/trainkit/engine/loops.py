@@ -352,14 +352,13 @@ def _update_metrics(metrics: Mapping[str, Any], out: StepOutput, own: bool) -> b
     if not metrics or out.outputs is None or out.targets is None:
         return False
     outputs, targets = out.outputs, out.targets
+    grad_mode: contextlib.AbstractContextManager[Any] = torch.no_grad()
     if own and type(outputs) is torch.Tensor and type(targets) is torch.Tensor:
-        outputs = outputs.detach() if outputs.requires_grad else outputs
+        grad_mode = NO_CONTEXT
         targets = targets.detach() if targets.requires_grad else targets
-        for metric in metrics.values():
-            metric.update(outputs, targets)
-        return True
-    outputs = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
-    with torch.no_grad():
+    if isinstance(outputs, torch.Tensor) and outputs.requires_grad:
+        outputs = outputs.detach()
+    with grad_mode:
         for metric in metrics.values():
             metric.update(outputs, targets)
     return True
