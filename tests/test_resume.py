@@ -123,6 +123,12 @@ def test_killed_and_interrupted_runs_resume_to_bitwise_the_same_weights(
     rng = random.Random()
     mid_epoch = [b for b in range(1, TOTAL_BATCHES - 3) if b % BATCHES_PER_EPOCH]
     stops = sorted(rng.sample(mid_epoch, len(signals)))
+    # A checkpoint is written every optimizer step (2 batches), and a signal lands a batch or two after the
+    # batch it was sent at: stopping at an odd batch in the middle of an epoch (3 of 6) leaves a mid-epoch
+    # checkpoint whatever the lag. At least one stop before the last must be one, or no later run in the
+    # chain resumes mid-epoch and the draw tests less than it should (draws like [1, 7, 11] did that).
+    while not any(stop % BATCHES_PER_EPOCH == BATCHES_PER_EPOCH // 2 for stop in stops[:-1]):
+        stops = sorted(rng.sample(mid_epoch, len(signals)))
     context = f"workers={workers}, signals at batches {stops}"
     run_dir, out = tmp_path / "run", tmp_path / "out.pt"
     last = run_dir / "checkpoints" / "last.pt"
