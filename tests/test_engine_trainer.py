@@ -704,12 +704,37 @@ def test_hook_counts_with_a_mock_callback_and_on_exception() -> None:
     assert isinstance(failing.on_exception.call_args.args[1], TrainingError)
 
 
-def test_early_stopping_stops_after_patience() -> None:
-    stop = EarlyStopping("val/loss", patience=2)
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_early_stopping_stops_after_patience_epochs_without_improvement(patience: int) -> None:
+    stop = EarlyStopping("val/loss", patience=patience)
     trainer = _trainer(_mlp(), sgd=True, lr=0.0, callbacks=[stop])  # lr 0: the loss never improves
     history = trainer.fit(DataLoader(_blobs(16), batch_size=8), DataLoader(_blobs(8, 1), batch_size=8), epochs=10)
-    assert len(history) == 4  # epoch 1 sets the best; epochs 2, 3 wait; epoch 4 exceeds patience
-    assert stop.stopped_epoch == 4 and trainer.should_stop
+    assert len(history) == patience + 1  # epoch 1 sets the best; the next `patience` epochs do not improve on it
+    assert stop.stopped_epoch == patience + 1 and stop.wait == patience and trainer.should_stop
+
+
+def test_early_stopping_counts_from_the_last_improvement() -> None:
+    stop = EarlyStopping("val/loss", patience=2)
+    trainer = type("T", (), {"should_stop": False})()
+    for epoch, value in enumerate([0.9, 0.8, 0.85, 0.7, 0.75, 0.75, 0.6], start=1):
+        stop.on_epoch_end(trainer, {"epoch": epoch, "val/loss": value})
+        if trainer.should_stop:
+            break
+    assert (stop.stopped_epoch, stop.best, stop.wait) == (6, 0.7, 2)
+
+
+def test_early_stopping_resumes_where_it_stopped(tmp_path: Path) -> None:
+    train, val = DataLoader(_blobs(16), batch_size=8), DataLoader(_blobs(8, 1), batch_size=8)
+    whole = EarlyStopping("val/loss", patience=3)
+    history = _trainer(_mlp(), sgd=True, lr=0.0, callbacks=[whole]).fit(train, val, epochs=10)
+
+    first = EarlyStopping("val/loss", patience=3)
+    _trainer(_mlp(), sgd=True, lr=0.0, callbacks=[first], run_dir=tmp_path / "run").fit(train, val, epochs=2)
+    assert first.state_dict() == {"best": history[0]["val/loss"], "wait": 1}
+    resumed = EarlyStopping("val/loss", patience=3)
+    trainer = _trainer(_mlp(), sgd=True, lr=0.0, callbacks=[resumed], run_dir=tmp_path / "run")
+    assert trainer.fit(train, val, epochs=10, resume="last") == history
+    assert len(history) == 4 and resumed.stopped_epoch == whole.stopped_epoch == 4
 
 
 def test_monitoring_a_missing_key_lists_the_logged_names() -> None:

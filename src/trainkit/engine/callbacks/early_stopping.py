@@ -57,6 +57,11 @@ def monitored_value(logs: dict[str, float], monitor: str, who: str) -> float:
 class EarlyStopping(Callback):
     """Stop ``fit`` after ``patience`` epochs without improvement of ``monitor``.
 
+    The first epoch sets the best value; ``fit`` stops at the end of the ``patience``-th epoch in a row
+    that does not improve on it. A value that never improves therefore runs ``patience + 1`` epochs, as
+    Lightning's ``EarlyStopping`` does (``patience=0`` stops at the first epoch without improvement, like
+    ``patience=1``). A NaN value never counts as an improvement.
+
     Args:
         monitor: a history key, e.g. ``"val/loss"`` or ``"val/miou"``.
         mode: ``"min"`` or ``"max"``.
@@ -64,7 +69,14 @@ class EarlyStopping(Callback):
         min_delta: the least change that counts as an improvement.
 
     Example:
-        >>> stop = EarlyStopping("val/miou", mode="max", patience=5)
+        >>> stop = EarlyStopping("val/loss", patience=2)
+        >>> trainer = type("T", (), {"should_stop": False})()
+        >>> for epoch in range(1, 10):  # a constant loss: epoch 1 sets the best, epochs 2 and 3 do not improve
+        ...     stop.on_epoch_end(trainer, {"epoch": epoch, "val/loss": 0.5})
+        ...     if trainer.should_stop:
+        ...         break
+        >>> stop.stopped_epoch, stop.wait
+        (3, 2)
     """
 
     def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 5, min_delta: float = 0.0):
@@ -77,12 +89,13 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        """Count epochs without improvement; stop when they exceed ``patience``.
+        """Count epochs without improvement; stop when they reach ``patience``.
 
         Example:
-            >>> stop = EarlyStopping("val/loss", patience=0)
+            >>> stop = EarlyStopping("val/loss", patience=1)
             >>> trainer = type("T", (), {"should_stop": False})()
-            >>> stop.on_epoch_end(trainer, {"epoch": 1, "val/loss": 0.5})
+            >>> stop.on_epoch_end(trainer, {"epoch": 1, "val/loss": 0.5}); trainer.should_stop
+            False
             >>> stop.on_epoch_end(trainer, {"epoch": 2, "val/loss": 0.6}); trainer.should_stop
             True
         """
@@ -91,7 +104,7 @@ class EarlyStopping(Callback):
             self.best, self.wait = value, 0
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = int(logs["epoch"])
             trainer.should_stop = True
 
