@@ -9,9 +9,6 @@ the Penn-Fudan layout) to a temporary folder, then runs every pipeline through a
   ``Image.open`` -> ``np.array`` -> ``TF.to_tensor``; ``obj_ids = np.unique(mask)[1:]``,
   ``masks = mask == obj_ids[:, None, None]``, boxes from ``np.where`` per object;
 * ``trainkit semantic`` / ``trainkit instance``: ``SegmentationDataset`` + ``collate`` / ``collate_instances``;
-* ``trainkit semantic, uint8 masks``: ``SegmentationDataset(..., mask_dtype=torch.uint8)`` +
-  ``collate(..., compact_masks=True)``, as the Trainer loads a dataset without transforms; on a GPU
-  ``widen_masks`` runs on the device (not counted here), ``--widen-on-cpu`` adds it to the consuming process;
 * ``trainkit semantic + train_preset``: the same with ``train_preset(256, normalize=False)`` (random scale,
   crop to 256x256, flip, colour jitter) under per-sample seeding, as in training.
 
@@ -37,7 +34,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +45,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import decode_image, read_file
 
-from trainkit.data import SegmentationDataset, collate, collate_instances, make_shapes, widen_masks
+from trainkit.data import SegmentationDataset, collate, collate_instances, make_shapes
 from trainkit.data.transforms import train_preset
 
 DECODE = "decode only (torchvision.io)"
@@ -127,16 +123,15 @@ def cpu_seconds() -> float:
     return total
 
 
-def epoch(loader: DataLoader, consume: Callable[[Any], Any] | None = None) -> tuple[float, float]:
-    """One pass over ``loader``, each batch given to ``consume``: (wall seconds, CPU seconds of all processes)."""
+def epoch(loader: DataLoader) -> tuple[float, float]:
+    """One pass over ``loader``: (wall seconds, CPU seconds of this process and the workers)."""
     wall, cpu = time.perf_counter(), cpu_seconds()
-    for batch in loader:
-        if consume is not None:
-            consume(batch)
+    for _ in loader:
+        pass
     return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
-Pipeline = tuple[str, Dataset, Callable, Callable | None]  # name, dataset, collate_fn, consumer of each batch
+Pipeline = tuple[str, Dataset, Callable]  # name, dataset, collate_fn
 
 
 def measure(pipelines: list[Pipeline], workers: int, batch_size: int, repeats: int) -> dict[str, tuple[float, float]]:
@@ -148,16 +143,15 @@ def measure(pipelines: list[Pipeline], workers: int, batch_size: int, repeats: i
         name: DataLoader(
             dataset, batch_size=batch_size, num_workers=workers, collate_fn=fn, persistent_workers=workers > 0
         )
-        for name, dataset, fn, _ in pipelines
+        for name, dataset, fn in pipelines
     }
-    consumers = {name: consume for name, _, _, consume in pipelines}
-    for name, loader in loaders.items():  # warm-up: worker start, file cache, allocator
-        epoch(loader, consumers[name])
+    for loader in loaders.values():  # warm-up: worker start, file cache, allocator
+        epoch(loader)
     walls: dict[str, list[float]] = {name: [] for name in loaders}
     cpus: dict[str, float] = dict.fromkeys(loaders, 0.0)
     for _ in range(repeats):
         for name, loader in loaders.items():
-            wall, cpu = epoch(loader, consumers[name])
+            wall, cpu = epoch(loader)
             walls[name].append(wall)
             cpus[name] += cpu
     return {
@@ -179,23 +173,18 @@ def main(argv: list[str] | None = None) -> None:
         help="torch intra-op threads in the main process (default 1, as DataLoader workers use): with more, "
         "every batch-sized torch op waits for the other threads, which on a busy machine costs milliseconds",
     )
-    parser.add_argument(
-        "--widen-on-cpu", action="store_true", help="count widen_masks for the uint8-masks row in the main process"
-    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    widen = widen_masks if args.widen_on_cpu else None
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_shapes(Path(tmp) / "shapes", n=args.n, size=(384, 512), seed=0)
         pipelines: list[Pipeline] = [
-            (DECODE, DecodeOnly(root), default_collate, None),
-            ("notes semantic", NotesPipeline(root, instance=False), default_collate, None),
-            ("trainkit semantic", semantic(root), collate, None),
-            ("trainkit semantic, uint8 masks", semantic(root, uint8=True), partial(collate, compact_masks=True), widen),
-            ("trainkit semantic + train_preset", semantic(root, train_preset(256, normalize=False)), collate, None),
-            ("notes instance", NotesPipeline(root, instance=True), tuple_collate, None),
-            ("trainkit instance", instance(root), collate_instances, None),
+            (DECODE, DecodeOnly(root), default_collate),
+            ("notes semantic", NotesPipeline(root, instance=False), default_collate),
+            ("trainkit semantic", semantic(root), collate),
+            ("trainkit semantic + train_preset", semantic(root, train_preset(256, normalize=False)), collate),
+            ("notes instance", NotesPipeline(root, instance=True), tuple_collate),
+            ("trainkit instance", instance(root), collate_instances),
         ]
         print(f"python {' '.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}")
         print(
@@ -214,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         for workers in args.workers:
             results = measure(pipelines, workers, args.batch_size, args.repeats)
             for name, (rate, cpu_ms) in results.items():
-                kind = name.split()[1].rstrip(",")  # semantic / instance; augmented rows have no notes twin
+                kind = name.split()[1]  # semantic / instance; augmented rows have no notes twin
                 notes = results.get(f"notes {kind}") if name.startswith("trainkit") and "preset" not in name else None
                 decode = results[DECODE] if name != DECODE else None
                 print(
@@ -229,11 +218,10 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else ""
 
 
-def semantic(root: Path, transforms: Callable | None = None, *, uint8: bool = False) -> SegmentationDataset:
+def semantic(root: Path, transforms: Callable | None = None) -> SegmentationDataset:
     return SegmentationDataset(
-        root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="semantic", seed=0, transforms=transforms,
-        mask_dtype=torch.uint8 if uint8 else torch.int64,
-    )  # fmt: skip
+        root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="semantic", seed=0, transforms=transforms
+    )
 
 
 def instance(root: Path) -> SegmentationDataset:

@@ -21,7 +21,7 @@ from trainkit.engine._step import BatchFixer
 def test_cpu_path_moves_fixes_and_transforms_each_batch() -> None:
     batches = [
         (torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.long)),
-        (torch.zeros(1, 3), tv_tensors.Mask(torch.ones(1, dtype=torch.uint8))),  # a compact mask: widened after
+        (torch.zeros(1, 3), tv_tensors.Mask(torch.ones(1, dtype=torch.uint8))),  # widened, still a Mask
     ]
     fixer = BatchFixer(torch.nn.Linear(3, 2), torch.nn.CrossEntropyLoss())
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ Example:
 from trainkit.data import transforms
 from trainkit.data._seeding import sample_rng, set_epoch
 from trainkit.data.check import CheckReport, check
-from trainkit.data.collate import collate, collate_instances, widen_masks
+from trainkit.data.collate import collate, collate_instances
 from trainkit.data.dataset import ClassDict, SegmentationDataset, read_class_dict
 from trainkit.data.synthetic import make_shapes
 from trainkit.errors import DataError, DecodeError, MaskValueError, PairingError
@@ -30,5 +30,4 @@ __all__ = [
     "sample_rng",
     "set_epoch",
     "transforms",
-    "widen_masks",
 ]

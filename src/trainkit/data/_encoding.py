@@ -83,9 +83,6 @@ class MaskEncoding:
             order = np.argsort(packed)
             self._colour_keys = packed[order]
             self._colour_ids = np.array(list(self.color_map.values()), dtype=np.int64)[order]
-        ids = [*(self.color_map or {}).values(), *(self.value_map or {}).values(), ignore_index or 0]
-        self.map_fits_a_byte = self.mapped and max(ids) <= 255
-        """Whether a map's class ids (and ``ignore_index``) all lie in 0..255, so lookups can give uint8."""
         if self.value_map is not None:
             size = max(*self.value_map, ignore_index if ignore_index is not None else 0) + 1
             self._table = np.full(size, -1, dtype=np.int64)
@@ -124,21 +121,18 @@ class MaskEncoding:
                 raise ValueError(f"`value_map` values must be class ids >= 0, got {class_id!r} for {raw!r}")
         return {int(raw): int(class_id) for raw, class_id in value_map.items()}
 
-    def class_ids(self, raw: np.ndarray, path: Path, *, small: bool = False) -> np.ndarray:
+    def class_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Class ids ``[H, W]`` from a decoded mask (``[H, W, 3]`` when a ``color_map`` is set).
 
         Without a map the stored values are the ids, in their stored integer dtype (uint8 stays uint8, so
-        comparisons downstream stay cheap); a map gives int64, or uint8 with ``small`` when its ids fit
-        (:attr:`map_fits_a_byte`).
+        comparisons downstream stay cheap); a map gives int64.
 
         Raises:
             MaskValueError: colours or values missing from the map, a colour mask without ``color_map``, or
                 non-integer values; the message names the file.
         """
-        small = small and self.map_fits_a_byte
         if self._colour_keys is not None and self._colour_ids is not None:
-            colour_ids = self._colour_ids.astype(np.uint8) if small else self._colour_ids  # a few entries
-            return self._lookup_colours(raw, path, self._colour_keys, colour_ids)
+            return self._lookup_colours(raw, path, self._colour_keys, self._colour_ids)
         if raw.ndim == 3:
             colours = np.unique(raw.reshape(-1, raw.shape[2])[:: max(1, raw.shape[0] * raw.shape[1] // 4096)], axis=0)
             raise MaskValueError(
@@ -156,10 +150,7 @@ class MaskEncoding:
             ids = ids.astype(np.int64)
         elif ids.dtype.kind not in "iu":
             ids = ids.astype(np.int64)
-        if self._table is None:
-            return ids
-        mapped = self._lookup_values(ids, path, self._table)
-        return mapped.astype(np.uint8) if small else mapped
+        return ids if self._table is None else self._lookup_values(ids, path, self._table)
 
     def _lookup_values(self, ids: np.ndarray, path: Path, table: np.ndarray) -> np.ndarray:
         low, high = int(ids.min(initial=0)), int(ids.max(initial=0))

@@ -24,25 +24,19 @@ from trainkit.errors import MaskValueError
 __all__ = ["binary_target", "instance_target", "label_table", "object_ids", "semantic_target"]
 
 
-def semantic_target(ids: np.ndarray, *, compact: bool = False) -> tv_tensors.Mask:
-    """Class ids as an int64 ``Mask [H, W]``; with ``compact``, uint8 when every id fits in 0..255."""
-    if compact and (ids.dtype == np.uint8 or (ids.size and ids.min() >= 0 and ids.max() <= 255)):
-        target = ids.astype(np.uint8, copy=False)  # an 8-bit mask file needs no pass at all
-    else:
-        target = ids.astype(np.int64, copy=False)  # value/colour maps already give a fresh int64 array
+def semantic_target(ids: np.ndarray) -> tv_tensors.Mask:
+    """Class ids as an int64 ``Mask [H, W]``."""
+    target = ids.astype(np.int64, copy=False)  # value/colour maps already give a fresh int64 array
     return tv_tensors.Mask(torch.from_numpy(target if target.flags.writeable else target.copy()))
 
 
-def binary_target(
-    values: np.ndarray, *, threshold: float | None, ignore_index: int | None, compact: bool = False
-) -> tv_tensors.Mask:
+def binary_target(values: np.ndarray, *, threshold: float | None, ignore_index: int | None) -> tv_tensors.Mask:
     """0/1 int64 ``Mask [H, W]``: 1 where ``values > threshold`` (any non-zero value when ``threshold`` is None).
 
     Pixels equal to ``ignore_index`` keep that value; pass ``ignore_index=None`` for raw masks, where 255 is
-    foreground (0/255 masks). With ``compact`` the mask is uint8 when ``ignore_index`` fits in 0..255.
+    foreground (0/255 masks).
     """
-    fits = ignore_index is None or 0 <= ignore_index <= 255
-    target = (values > (0 if threshold is None else threshold)).astype(np.uint8 if compact and fits else np.int64)
+    target = (values > (0 if threshold is None else threshold)).astype(np.int64)
     if ignore_index is not None:
         np.putmask(target, values == ignore_index, ignore_index)
     return tv_tensors.Mask(torch.from_numpy(target))

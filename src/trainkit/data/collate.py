@@ -13,11 +13,6 @@ Rules, applied while stacking (one copy per field, into shared memory inside Dat
   device.
 * tv_tensors keep their type: a batch of ``Image`` is an ``Image [B, C, H, W]``, of ``Mask`` a ``Mask``.
   Other tensor subclasses (``BoundingBoxes``) become plain tensors, whose batch shape they do not allow.
-
-Compact masks: ``collate(batch, compact_masks=True)`` stacks class-id ``Mask`` batches whose ids all lie in
-0..255 as uint8 instead of int64, one byte a pixel instead of eight, for the trip from the DataLoader
-workers (shared memory) and to the GPU; :func:`widen_masks` turns them back into int64 on the device.
-``Trainer`` does both by itself where it pays (see ``SegmentationDataset(mask_dtype=...)`` and the data guide).
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ from torchvision import tv_tensors
 
 from trainkit.errors import DataError
 
-__all__ = ["TARGET_KEYS", "collate", "collate_instances", "widen_masks"]
+__all__ = ["TARGET_KEYS", "collate", "collate_instances"]
 
 TARGET_KEYS: frozenset[str] = frozenset({"mask", "target", "label", "labels"})
 """Dict keys whose integer values :func:`collate` treats as class-index targets (made int64)."""
@@ -42,7 +37,7 @@ _INPUT, _TARGET, _KEEP = "input", "target", "keep"
 _warned_float_masks = False
 
 
-def collate(batch: Sequence[Any], *, compact_masks: bool = False) -> Any:
+def collate(batch: Sequence[Any]) -> Any:
     """Stack a list of samples into a batch and fix dtypes; the ``collate_fn`` for same-size samples.
 
     Works on tuples, lists, dicts, tensors, tv_tensors, NumPy arrays and numbers, nested; strings and other
@@ -50,9 +45,6 @@ def collate(batch: Sequence[Any], *, compact_masks: bool = False) -> Any:
 
     Args:
         batch: The samples of one batch, e.g. ``[(image, mask), ...]``.
-        compact_masks: Stack class-id ``Mask`` fields whose ids all lie in 0..255 as uint8 (int64
-            otherwise), for a consumer that calls :func:`widen_masks` after moving the batch to the
-            device: ``functools.partial(collate, compact_masks=True)``.
 
     Returns:
         The batch with the samples' structure, e.g. ``(images [B, C, H, W], masks [B, H, W])``.
@@ -70,42 +62,7 @@ def collate(batch: Sequence[Any], *, compact_masks: bool = False) -> Any:
     """
     if len(batch) == 0:
         raise ValueError("`collate` got an empty batch; check the dataset length and the sampler")
-    return _collate(list(batch), _INPUT, "sample", compact_masks, top=True)
-
-
-def widen_masks(batch: Any) -> Any:
-    """Turn the uint8 class-id masks of a ``collate(..., compact_masks=True)`` batch into int64.
-
-    Run it after moving the batch to the device, where the widening is cheap and the copy was eight
-    times smaller. Everything else (images, instance ``masks`` of a detection dict) is returned as it is.
-
-    Example:
-        >>> sample = (torch.zeros(3, 2, 2, dtype=torch.uint8), tv_tensors.Mask(torch.ones(2, 2, dtype=torch.int64)))
-        >>> images, masks = collate([sample, sample], compact_masks=True)
-        >>> masks.dtype, widen_masks((images, masks))[1].dtype
-        (torch.uint8, torch.int64)
-    """
-    return _widen(batch, _INPUT, top=True)
-
-
-def _widen(value: Any, role: str, *, top: bool = False) -> Any:
-    """The roles are :func:`collate`'s, so what it kept as it was (a detection dict's ``masks``) stays so."""
-    if isinstance(value, tv_tensors.Mask):
-        return value.to(torch.int64) if value.dtype == torch.uint8 and role != _KEEP else value
-    if isinstance(value, Mapping):
-        widened = {key: _widen(item, _key_role(key, role)) for key, item in value.items()}
-        if type(value) is dict:
-            return widened
-        try:  # keep a mapping's own type (OrderedDict, a dict subclass) when it can be built from items
-            return type(value)(widened)  # type: ignore[call-arg]
-        except TypeError:
-            return widened
-    if isinstance(value, (tuple, list)):
-        items = [_widen(item, _TARGET if top and k > 0 else role) for k, item in enumerate(value)]
-        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-            return type(value)(*items)
-        return type(value)(items)
-    return value
+    return _collate(list(batch), _INPUT, "sample", top=True)
 
 
 def collate_instances(batch: Sequence[Any]) -> tuple[list[Any], ...]:
@@ -205,7 +162,7 @@ def _key_role(key: Any, role: str) -> str:
     return role
 
 
-def _collate(items: list[Any], role: str, where: str, compact: bool, *, top: bool = False) -> Any:
+def _collate(items: list[Any], role: str, where: str, *, top: bool = False) -> Any:
     first = items[0]
     if isinstance(first, Mapping):
         keys = list(first)
@@ -213,17 +170,14 @@ def _collate(items: list[Any], role: str, where: str, compact: bool, *, top: boo
             if not isinstance(item, Mapping) or list(item) != keys:
                 got = list(item) if isinstance(item, Mapping) else type(item).__name__
                 raise ValueError(f"`collate`: {where} 0 has keys {keys} but {where} {i} has {got}")
-        return {
-            key: _collate([item[key] for item in items], _key_role(key, role), f"{where}[{key!r}]", compact)
-            for key in keys
-        }
+        return {key: _collate([item[key] for item in items], _key_role(key, role), f"{where}[{key!r}]") for key in keys}
     if isinstance(first, (tuple, list)):
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) != len(first):
                 got = f"length {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
                 raise ValueError(f"`collate`: {where} 0 has {len(first)} fields but {where} {i} has {got}")
         fields = [
-            _collate([item[k] for item in items], _TARGET if top and k > 0 else role, f"{where}[{k}]", compact)
+            _collate([item[k] for item in items], _TARGET if top and k > 0 else role, f"{where}[{k}]")
             for k in range(len(first))
         ]
         if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
@@ -231,7 +185,7 @@ def _collate(items: list[Any], role: str, where: str, compact: bool, *, top: boo
         return type(first)(fields)
     if isinstance(first, (torch.Tensor, np.ndarray, np.generic)):
         tensors = [torch.from_numpy(np.asarray(x)) if isinstance(x, (np.ndarray, np.generic)) else x for x in items]
-        return _stack(tensors, role, where, compact)
+        return _stack(tensors, role, where)
     if isinstance(first, bool):
         return torch.tensor(items, dtype=torch.bool)
     if isinstance(first, int):
@@ -248,15 +202,12 @@ def _batch_dtype(first: torch.Tensor, role: str) -> torch.dtype:
     return torch.float32 if first.dtype == torch.float64 else first.dtype
 
 
-def _stack(tensors: list[torch.Tensor], role: str, where: str, compact: bool) -> torch.Tensor:
+def _stack(tensors: list[torch.Tensor], role: str, where: str) -> torch.Tensor:
     first = tensors[0]
     shape = first.shape
     if any(t.shape != shape for t in tensors):
         raise DataError(_shape_message(tensors, where))
     dtype = _batch_dtype(first, role)
-    class_ids = dtype == torch.int64 and isinstance(first, tv_tensors.Mask) and role != _KEEP
-    if compact and class_ids and _fit_in_a_byte(tensors):
-        dtype = torch.uint8
     out = None
     if get_worker_info() is not None:  # write the batch straight into shared memory, as default_collate does
         storage = torch.UntypedStorage._new_shared(len(tensors) * first.numel() * dtype.itemsize)
@@ -267,20 +218,6 @@ def _stack(tensors: list[torch.Tensor], role: str, where: str, compact: bool) ->
     if isinstance(first, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.Video)):
         return tv_tensors.wrap(batch, like=first)
     return batch
-
-
-def _fit_in_a_byte(tensors: list[torch.Tensor]) -> bool:
-    """Whether integer class-id masks all hold ids in 0..255 (uint8 masks do without looking)."""
-    for tensor in tensors:
-        if tensor.dtype == torch.uint8:
-            continue
-        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-            return False
-        if tensor.numel():
-            low, high = tensor.aminmax()
-            if low < 0 or high > 255:
-                return False
-    return True
 
 
 def _float_mask_to_ids(batch: torch.Tensor, where: str) -> torch.Tensor:

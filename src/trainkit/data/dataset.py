@@ -5,7 +5,6 @@ Contract of a sample ``image, target = ds[i]``:
 * ``image``: ``tv_tensors.Image`` uint8 ``[C, H, W]``, ``C = channels``;
 * ``target="semantic"``: ``tv_tensors.Mask`` int64 ``[H, W]`` of class ids (``ignore_index`` kept);
 * ``target="binary"``: ``tv_tensors.Mask`` int64 ``[H, W]`` of 0/1;
-* with ``mask_dtype=torch.uint8`` the semantic and binary masks are uint8 where their ids fit in 0..255;
 * ``target="instance"``: torchvision's detection dict: ``masks`` (``tv_tensors.Mask`` bool ``[N, H, W]``),
   ``boxes`` (``tv_tensors.BoundingBoxes`` float32 xyxy, ``x2``/``y2`` = last column/row + 1), ``labels``
   int64 ``[N]``, ``area`` float32 ``[N]`` (box area), ``iscrowd`` int64 zeros, ``image_id`` int64 (the index).
@@ -64,11 +63,6 @@ class SegmentationDataset(Dataset[Sample]):
         strict: Raise on unpaired files (default) or drop them with one warning.
         recursive: Also search subfolders; pairing then uses the relative path without extension.
         seed: Base seed of the per-sample random draws; ``None`` draws one from torch's global generator here.
-        mask_dtype: ``torch.int64`` (default, what ``CrossEntropyLoss`` takes) or ``torch.uint8``: semantic and
-            binary masks whose ids all fit in 0..255 (any 8-bit mask file) are kept in one byte a pixel, an
-            eighth of the bytes to move from DataLoader workers and to the GPU; others stay int64. Transforms
-            get the masks as built. Batch with ``collate(..., compact_masks=True)`` and widen with
-            :func:`~trainkit.data.widen_masks` (or ``.long()``) on the device; the ``Trainer`` widens by itself.
 
     Raises:
         PairingError: unpaired files (``strict=True``) or files sharing a stem.
@@ -101,16 +95,9 @@ class SegmentationDataset(Dataset[Sample]):
         strict: bool = True,
         recursive: bool = False,
         seed: int | None = None,
-        mask_dtype: torch.dtype = torch.int64,
     ) -> None:
         if target not in TARGETS:
             raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}")
-        if mask_dtype not in (torch.int64, torch.uint8):
-            raise ValueError(f"`mask_dtype` must be torch.int64 (the default) or torch.uint8, got {mask_dtype!r}")
-        if mask_dtype == torch.uint8 and target == "instance":
-            raise ValueError(
-                "`mask_dtype=torch.uint8` applies to semantic and binary targets; instance masks are bool already"
-            )
         check_channels(channels)
         if threshold is not None and target != "binary":
             raise ValueError(f"`threshold` applies to `target='binary'` only, got `target={target!r}`")
@@ -126,7 +113,6 @@ class SegmentationDataset(Dataset[Sample]):
         self.threshold = threshold
         self.channels = channels
         self.transforms = transforms
-        self.mask_dtype = mask_dtype
         self.encoding = MaskEncoding(
             color_map=color_map, value_map=value_map, ignore_index=ignore_index, num_classes=num_classes
         )
@@ -201,23 +187,21 @@ class SegmentationDataset(Dataset[Sample]):
 
     def _build_target(self, raw: np.ndarray, mask_path: Path, index: int) -> Any:
         encoding = self.encoding
-        compact = self.mask_dtype == torch.uint8
         if self.target == "binary" and not encoding.mapped:
             values = raw.max(axis=2) if raw.ndim == 3 else raw  # colour masks: any non-zero channel
-            return binary_target(values, threshold=self.threshold, ignore_index=None, compact=compact)
-        ids = encoding.class_ids(raw, mask_path, small=compact)
+            return binary_target(values, threshold=self.threshold, ignore_index=None)
+        ids = encoding.class_ids(raw, mask_path)
         if self.target == "binary":
-            return binary_target(ids, threshold=self.threshold, ignore_index=encoding.ignore_index, compact=compact)
+            return binary_target(ids, threshold=self.threshold, ignore_index=encoding.ignore_index)
         if self.target == "instance":
             return instance_target(ids, index, mask_path, ignore_index=encoding.ignore_index, labels=self._labels)
         encoding.check_classes(ids, mask_path)
-        return semantic_target(ids, compact=compact)
+        return semantic_target(ids)
 
     def __repr__(self) -> str:
-        dtype = "" if self.mask_dtype == torch.int64 else f", mask_dtype={self.mask_dtype}"
         return (
             f"{type(self).__name__}({len(self)} samples, images={str(self.images)!r}, masks={str(self.masks)!r}, "
-            f"target={self.target!r}{dtype})"
+            f"target={self.target!r})"
         )
 
 

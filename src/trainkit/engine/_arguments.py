@@ -3,13 +3,11 @@
 Each check raises ``TypeError`` or ``ValueError`` at the boundary, naming the argument, what was given
 and the fix, before any model, optimizer or loader is used. Then the batch transform gains the
 channels-last conversion, the training loader is rebuilt around a resumable batch sampler (sharded
-under DDP, sending masks as uint8 where that saves a copy) and an evaluation loader is sharded under DDP.
+under DDP) and an evaluation loader is sharded under DDP.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,11 +21,8 @@ from trainkit.engine.resumable import rebuild_loader
 __all__ = [
     "check_args",
     "check_not_empty",
-    "compact_masks",
     "prepare_eval_loader",
     "prepare_train_loader",
-    "sends_compact_masks",
-    "widened",
     "with_channels_last",
 ]
 
@@ -128,91 +123,6 @@ def prepare_train_loader(
             )
         return loader
     return rebuilt
-
-
-def compact_masks(loader: Iterable[Any], *, device: torch.device) -> tuple[Iterable[Any], bool]:
-    """``loader`` sending class-id masks as uint8 where that pays, and whether its batches need :func:`widened`.
-
-    For a ``DataLoader`` batched by :func:`trainkit.data.collate`, measured with
-    ``benchmarks/data_pipeline.py`` (512x384 masks):
-
-    * a plain ``SegmentationDataset`` without transforms builds uint8 masks from 8-bit files (or through
-      value/colour maps whose ids fit a byte) at no cost, so compact masks pay everywhere: 7-10% less CPU
-      a sample even when the widening runs on the CPU; the loader gets a shallow copy of the dataset that
-      does so (also kept for one already built with ``mask_dtype=torch.uint8``);
-    * otherwise the collate narrows int64 masks after a range check, which pays only where the widening
-      is free and the bytes travel: on a GPU, with worker processes.
-
-    A loader already batched by ``collate(..., compact_masks=True)`` is kept and widened anywhere.
-
-    Example:
-        >>> data = [(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(4, 4, dtype=torch.long))] * 4
-        >>> from trainkit.data import collate
-        >>> loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate, num_workers=2)
-        >>> loader, widen = compact_masks(loader, device=torch.device("cuda"))
-        >>> loader.collate_fn.keywords, widen
-        ({'compact_masks': True}, True)
-    """
-    from torch.utils.data import DataLoader
-
-    from trainkit.data.collate import collate
-
-    if isinstance(loader, DataLoader) and loader.collate_fn is collate:
-        uint8_dataset = _uint8_mask_dataset(loader.dataset)
-        if uint8_dataset is not None or (loader.num_workers > 0 and device.type == "cuda"):
-            compact = functools.partial(collate, compact_masks=True)
-            loader = rebuild_loader(loader, collate_fn=compact, dataset=uint8_dataset) or loader
-    return loader, sends_compact_masks(loader)
-
-
-def sends_compact_masks(loader: Any) -> bool:
-    """Whether ``loader`` is batched by ``collate(..., compact_masks=True)``, so its masks may be uint8.
-
-    Example:
-        >>> sends_compact_masks([(torch.zeros(2), torch.zeros(2))])
-        False
-    """
-    from trainkit.data.collate import collate
-
-    given = getattr(loader, "collate_fn", None)
-    return isinstance(given, functools.partial) and given.func is collate and bool(given.keywords.get("compact_masks"))
-
-
-def widened(transform: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    """:func:`trainkit.data.widen_masks`, then ``transform``: the batch transform for compact masks.
-
-    Example:
-        >>> from torchvision import tv_tensors
-        >>> batch = (torch.zeros(1), tv_tensors.Mask(torch.ones(2, dtype=torch.uint8)))
-        >>> widened(None)(batch)[1].dtype
-        torch.int64
-    """
-    from trainkit.data.collate import widen_masks
-
-    if transform is None:
-        return widen_masks
-    return lambda batch: transform(widen_masks(batch))
-
-
-def _uint8_mask_dataset(dataset: Any) -> Any:
-    """A ``SegmentationDataset`` that builds uint8 masks: ``dataset`` itself, a shallow copy of it, or ``None``.
-
-    A copy only of the class itself (a subclass may compute on its masks), without ``transforms`` (a
-    transform may rely on int64 masks, and the presets return int64 anyway), and with value/colour maps
-    only when their ids fit a byte (otherwise narrowing would cost a range check on every mask).
-    """
-    from trainkit.data.dataset import SegmentationDataset
-
-    if not isinstance(dataset, SegmentationDataset) or dataset.target not in ("semantic", "binary"):
-        return None
-    if dataset.mask_dtype == torch.uint8:
-        return dataset
-    maps_too_wide = dataset.encoding.mapped and not dataset.encoding.map_fits_a_byte
-    if type(dataset) is not SegmentationDataset or dataset.transforms is not None or maps_too_wide:
-        return None
-    dataset = copy.copy(dataset)  # the samples and the shared epoch counter stay shared
-    dataset.mask_dtype = torch.uint8
-    return dataset
 
 
 def prepare_eval_loader(

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainkit.engine._arguments import widened
 from trainkit.engine._step import StepOutput
 from trainkit.engine.loop_state import LoopState, check_learning_rates, loss_totals, mean_of
 from trainkit.engine.loops import train_one_epoch
@@ -44,13 +43,12 @@ def run_epoch(trainer: Trainer, val_loader: Iterable[Any] | None, bar: Progress)
     hooked = trainer.callbacks.has("on_train_batch_end")
     watch = hooked or trainer._interrupt.installed
     on_batch_end = functools.partial(_on_batch_end, trainer, hooked) if watch else None
-    transform = widened(trainer.batch_transform) if trainer._widen_train_masks else trainer.batch_transform
     train = train_one_epoch(
         trainer.model, loader, trainer.optimizer, trainer.loss_fn,
         device=trainer.device, precision=trainer.precision,
         scheduler=trainer.scheduler if trainer.scheduler_interval == "step" else None,
         grad_accum=trainer.grad_accum, clip_grad_norm=trainer.clip_grad_norm, metrics=trainer.train_metrics,
-        step_fn=trainer._custom_step("training_step"), batch_transform=transform,
+        step_fn=trainer._custom_step("training_step"), batch_transform=trainer.batch_transform,
         on_nan=trainer.on_nan, state=trainer.state, progress=bar, on_batch_end=on_batch_end, num_batches=total,
     )  # fmt: skip
     logs: dict[str, float] = {"epoch": epoch + 1}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from trainkit.engine._step import BatchFixer, batch_size_of
+from trainkit.engine._step import batch_size_of
 from trainkit.utils.device import move_to_device
 
 __all__ = ["device_batches"]
@@ -28,13 +28,13 @@ def device_batches(
     loader: Iterable[Any],
     device: torch.device,
     *,
-    fixer: BatchFixer | None = None,
+    fixer: Callable[[Any], Any] | None = None,
     transform: Callable[[Any], Any] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(batch_size, batch_on_device)`` for every batch of ``loader``.
 
-    ``fixer`` runs on the CPU batch (dtype fixes cost no device sync there) and widens uint8 masks
-    after the copy (:meth:`BatchFixer.after_move`); ``transform`` runs on the device batch.
+    ``fixer`` runs on the CPU batch (dtype fixes cost no device sync there); ``transform`` runs on
+    the device batch.
 
     Example:
         >>> [n for n, _ in device_batches([torch.zeros(2, 3), torch.zeros(1, 3)], torch.device("cpu"))]
@@ -49,20 +49,19 @@ def device_batches(
 
 
 def _to_device(
-    batch: Any, device: torch.device, fixer: BatchFixer | None, transform: Callable[[Any], Any] | None
+    batch: Any, device: torch.device, fixer: Callable[[Any], Any] | None, transform: Callable[[Any], Any] | None
 ) -> tuple[int, Any]:
     n = batch_size_of(batch)
-    if fixer is not None and (fixed := fixer(batch)) is not batch:  # a batch with nothing to fix comes back as is
-        batch = fixer.after_move(move_to_device(fixed, device))
-    else:
-        batch = move_to_device(batch, device)
+    if fixer is not None:
+        batch = fixer(batch)
+    batch = move_to_device(batch, device)
     return n, (transform(batch) if transform is not None else batch)
 
 
 def _prefetched(
     loader: Iterable[Any],
     device: torch.device,
-    fixer: BatchFixer | None,
+    fixer: Callable[[Any], Any] | None,
     transform: Callable[[Any], Any] | None,
 ) -> Iterator[tuple[int, Any]]:
     side = torch.cuda.Stream(device)

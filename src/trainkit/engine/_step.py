@@ -103,9 +103,7 @@ class BatchFixer:
     * class-index targets for CrossEntropy-like losses stored as floats with integral values, or as
       uint8/int32 → int64 (``expected scalar type Long``). Non-integral float targets raise.
 
-    Runs on the CPU before the host-to-device copy, so it costs no device synchronisation. One
-    exception: a uint8 ``tv_tensors.Mask`` (what ``collate(..., compact_masks=True)`` makes) is copied
-    as it is, eight times smaller, and widened on the device by :meth:`after_move`, without a warning.
+    Runs on the CPU before the host-to-device copy, so it costs no device synchronisation.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Any):
@@ -147,26 +145,8 @@ class BatchFixer:
             return inputs.to(dtype)
         return inputs
 
-    def after_move(self, batch: Any) -> Any:
-        """Widen the uint8 mask targets that ``__call__`` left for the device to int64.
-
-        Example:
-            >>> from torchvision import tv_tensors
-            >>> fixer = BatchFixer(torch.nn.Linear(2, 2), torch.nn.CrossEntropyLoss())
-            >>> batch = fixer((torch.zeros(1, 2, 2), tv_tensors.Mask(torch.zeros(1, 2, dtype=torch.uint8))))
-            >>> batch[1].dtype, fixer.after_move(batch)[1].dtype
-            (torch.uint8, torch.int64)
-        """
-        if self.class_targets and type(batch) in (tuple, list) and len(batch) == 2:
-            targets = batch[1]
-            if isinstance(targets, torch.Tensor) and targets.dtype == torch.uint8:  # only masks are left uint8
-                return type(batch)((batch[0], targets.to(torch.int64)))
-        return batch
-
     def _fix_targets(self, targets: Any, inputs: Any) -> Any:
         if not self.class_targets or not isinstance(targets, torch.Tensor) or targets.dtype == torch.int64:
-            return targets
-        if targets.dtype == torch.uint8 and type(targets).__name__ == "Mask":  # tv_tensors.Mask: see after_move
             return targets
         if targets.is_floating_point() and _are_class_probabilities(targets, inputs):
             return targets  # CrossEntropyLoss also takes [N, C(, H, W)] probabilities (one-hot, label smoothing, mixup)
@@ -185,7 +165,7 @@ class BatchFixer:
             "with `.long()` (the notes' 'expected scalar type Long' error). Return int64 targets from the dataset, or "
             "use `trainkit.data.collate`, to stop this warning",
         )
-        return targets.long()
+        return targets.to(torch.int64)  # `.to` keeps a tv_tensors.Mask a Mask; `.long()` does not
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

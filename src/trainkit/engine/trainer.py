@@ -30,11 +30,8 @@ from trainkit.engine import checkpoint as ckpt_io
 from trainkit.engine._arguments import (
     check_args,
     check_not_empty,
-    compact_masks,
     prepare_eval_loader,
     prepare_train_loader,
-    sends_compact_masks,
-    widened,
     with_channels_last,
 )
 from trainkit.engine._fit_epoch import run_epoch
@@ -168,7 +165,6 @@ class Trainer:
         self.should_stop = False
         self.has_validation = False
         self._train_loader: Any = None
-        self._widen_train_masks = False  # set by fit: the training loader sends uint8 masks
         self._tb: TensorBoardLogger | None = None
         self._resume_loader_state: dict[str, Any] | None = None
         self._interrupt = GracefulInterrupt(enabled=False)
@@ -272,7 +268,6 @@ class Trainer:
         if val_loader is not None:
             check_not_empty(val_loader, "val_loader")
         self._train_loader = prepare_train_loader(train_loader, self.dist, seed=self.seed, device=self.device)
-        self._train_loader, self._widen_train_masks = compact_masks(self._train_loader, device=self.device)
         val_loader = prepare_eval_loader(val_loader, self.dist, device=self.device)
         self.has_validation = val_loader is not None
         self.should_stop = False
@@ -330,7 +325,7 @@ class Trainer:
             precision=self.precision,
             loss_fn=self.loss_fn,
             step_fn=self._custom_step("validation_step"),
-            batch_transform=widened(self.batch_transform) if sends_compact_masks(loader) else self.batch_transform,
+            batch_transform=self.batch_transform,
             progress=Progress(enabled=self.progress and self.dist.is_main),
             reduce=self.dist.all_reduce_sum,
         )
