@@ -47,7 +47,7 @@ from trainkit.engine.loop_state import (
 )
 from trainkit.engine.precision import NO_CONTEXT, MixedPrecision
 from trainkit.engine.progress import Progress
-from trainkit.utils.device import move_to_device
+from trainkit.utils.device import move_to_device, resolve_device
 
 __all__ = ["LoopState", "evaluate", "predict", "train_one_epoch"]
 
@@ -79,7 +79,8 @@ def train_one_epoch(
         loader: yields batches, ``(inputs, targets)`` for the default step.
         optimizer: steps every ``grad_accum`` batches.
         loss_fn: ``loss_fn(outputs, targets)``; not needed with ``step_fn``.
-        device: where batches go (default: the model's device).
+        device: where batches go (default: the model's device), checked by
+            :func:`~trainkit.utils.resolve_device`.
         precision: a :class:`MixedPrecision` (default: fp32).
         scheduler: stepped after every optimizer step that was not skipped (per-step schedules;
             per-epoch schedules are the caller's, as in :class:`Trainer`).
@@ -102,6 +103,10 @@ def train_one_epoch(
     Returns:
         The epoch's mean loss (weighted by batch size) and the computed metrics, as floats.
 
+    Raises:
+        ValueError: ``device`` names a device PyTorch does not know or that is not present (``"cuda"``
+            without a GPU).
+
     Example:
         >>> model = torch.nn.Linear(4, 2)
         >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
@@ -116,7 +121,7 @@ def train_one_epoch(
         raise ValueError(f"`on_nan` must be 'raise' or 'skip', got {on_nan!r}")
     if step_fn is None and loss_fn is None:
         raise ValueError("`train_one_epoch` needs `loss_fn` (or a `step_fn` that returns the loss)")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(device) if device is not None else _model_device(model)
     precision = precision or MixedPrecision(False, device)
     bar = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
     state = state or LoopState()
@@ -216,7 +221,8 @@ def evaluate(
         loader: yields batches like the training loader.
         loss_fn: optional; without it and without ``step_fn`` no ``"loss"`` is reported.
         metrics: ``{name: metric}``, reset before the pass.
-        device: default the model's device.
+        device: where batches go (default: the model's device), checked by
+            :func:`~trainkit.utils.resolve_device`.
         precision: autocast for the forward pass (default fp32).
         step_fn: ``step_fn(batch) -> loss | {"loss", "outputs", "targets"}``.
         batch_transform: applied to each batch on the device.
@@ -226,13 +232,16 @@ def evaluate(
     Returns:
         ``{"loss": ..., "<metric>": ...}`` as floats.
 
+    Raises:
+        ValueError: ``device`` names a device PyTorch does not know or that is not present.
+
     Example:
         >>> model = torch.nn.Linear(4, 2)
         >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
         >>> list(evaluate(model, data, torch.nn.CrossEntropyLoss()))
         ['loss']
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(device) if device is not None else _model_device(model)
     precision = precision or MixedPrecision(False, device)
     bar = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
     metrics = dict(metrics or {})
@@ -282,7 +291,9 @@ def predict(
 ) -> list[Any]:
     """Run ``model`` over ``loader`` in eval mode and return the batched outputs, moved to the CPU.
 
-    A batch may be the inputs alone, ``(inputs, targets)`` or a dict with an image/input key.
+    A batch may be the inputs alone, ``(inputs, targets)`` or a dict with an image/input key. ``device``
+    (default: the model's device) is checked by :func:`~trainkit.utils.resolve_device`; the model's
+    previous train/eval mode is restored afterwards.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -290,7 +301,7 @@ def predict(
         >>> [o.shape[0] for o in outs]
         [3, 2]
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(device) if device is not None else _model_device(model)
     precision = precision or MixedPrecision(False, device)
     outputs: list[Any] = []
     was_training = model.training

@@ -1,0 +1,78 @@
+"""Tests for trainkit.engine.loops: the functional loops check their ``device`` argument like the Trainer does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from trainkit.engine.loops import evaluate, predict, train_one_epoch
+
+
+class _ModeSpy(nn.Module):
+    """A linear model that records ``self.training`` at every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 3)
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(self.training)
+        return self.linear(x)
+
+
+def _data(batches: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 4, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(batches)]
+
+
+def _train(model: nn.Module, **kwargs: Any) -> dict[str, float]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return train_one_epoch(model, _data(), opt, nn.CrossEntropyLoss(), **kwargs)
+
+
+# ----------------------------------------------------------------------------- device argument
+
+
+_LOOPS: dict[str, Callable[[nn.Module, Any], Any]] = {
+    "train_one_epoch": lambda model, device: _train(model, device=device),
+    "evaluate": lambda model, device: evaluate(model, _data(), nn.CrossEntropyLoss(), device=device),
+    "predict": lambda model, device: predict(model, [x for x, _ in _data()], device=device),
+}
+
+
+@pytest.mark.parametrize("loop", sorted(_LOOPS))
+@pytest.mark.parametrize("device", ["cuda", torch.device("cuda")])
+def test_a_cuda_device_without_cuda_is_a_clear_error(
+    loop: str, device: str | torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = _ModeSpy()
+    message = r"`device=(device\(type=)?'cuda'\)?` asks for CUDA but no CUDA GPU is available; use 'auto' or 'cpu'"
+    with pytest.raises(ValueError, match=message):
+        _LOOPS[loop](model, device)
+    assert model.seen == []  # refused before any batch
+
+
+@pytest.mark.parametrize("loop", sorted(_LOOPS))
+def test_an_unknown_device_name_is_a_clear_error(loop: str) -> None:
+    with pytest.raises(ValueError, match=r"`device='gpu'` is not a device PyTorch knows; use 'auto', 'cpu', 'cuda'"):
+        _LOOPS[loop](_ModeSpy(), "gpu")
+
+
+@pytest.mark.parametrize("loop", sorted(_LOOPS))
+@pytest.mark.parametrize("device", [None, "cpu", torch.device("cpu"), "auto"])
+def test_none_keeps_the_models_device_and_names_resolve(
+    loop: str, device: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # "auto" is then the CPU (or MPS: not in CI)
+    if device == "auto" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("'auto' picks MPS here")
+    model = _ModeSpy()
+    _LOOPS[loop](model, device)
+    assert len(model.seen) == 2
