@@ -1,14 +1,17 @@
-"""Tests for trainkit.engine.loops: the functional loops check their ``device`` argument like the Trainer does."""
+"""Tests for trainkit.engine.loops: the functional loops restore the model's train/eval mode and check
+their ``device`` argument like the Trainer does."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+import trainkit
 from trainkit.engine.loops import evaluate, predict, train_one_epoch
 
 
@@ -36,6 +39,59 @@ def _train(model: nn.Module, **kwargs: Any) -> dict[str, float]:
     return train_one_epoch(model, _data(), opt, nn.CrossEntropyLoss(), **kwargs)
 
 
+# ----------------------------------------------------------------------------- train/eval mode
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_train_one_epoch_trains_in_train_mode_and_restores_the_previous_mode(training: bool) -> None:
+    model = _ModeSpy().train(training)
+    _train(model)
+    assert model.seen == [True, True]
+    assert model.training is training and model.linear.training is training
+
+
+def test_train_one_epoch_restores_the_mode_when_the_step_fails() -> None:
+    model = _ModeSpy().eval()
+
+    def failing_step(batch: Any) -> torch.Tensor:
+        model(batch[0])
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        train_one_epoch(model, _data(), torch.optim.SGD(model.parameters(), lr=0.1), step_fn=failing_step)
+    assert model.seen == [True] and model.training is False
+
+
+@pytest.mark.parametrize("with_validation", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_fit_leaves_the_model_in_the_mode_it_had(training: bool, with_validation: bool) -> None:
+    model = _ModeSpy().train(training)
+    trainer = trainkit.Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), device="cpu", progress=False
+    )
+    trainer.fit(_data(), _data(1) if with_validation else None, epochs=2)
+    per_epoch = [True, True, False] if with_validation else [True, True]  # 2 training batches, 1 validation batch
+    assert model.seen == per_epoch * 2
+    assert model.training is training
+
+
+def test_the_mode_of_a_module_wrapped_in_ddp_is_restored(tmp_path: Path) -> None:
+    """``m.eval()`` does not change the flag of a DDP wrapper made before or after it: the loops read the module's."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = _ModeSpy()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        model.eval()
+        assert ddp.training and not model.training
+        _train(ddp)
+        assert model.training is False
+        evaluate(ddp, _data(), nn.CrossEntropyLoss())
+        predict(ddp, [x for x, _ in _data()])
+        assert model.training is False and model.seen == [True, True] + [False, False] * 2
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- device argument
 
 
@@ -56,7 +112,7 @@ def test_a_cuda_device_without_cuda_is_a_clear_error(
     message = r"`device=(device\(type=)?'cuda'\)?` asks for CUDA but no CUDA GPU is available; use 'auto' or 'cpu'"
     with pytest.raises(ValueError, match=message):
         _LOOPS[loop](model, device)
-    assert model.seen == []  # refused before any batch
+    assert model.seen == [] and model.training  # refused before any batch, the mode untouched
 
 
 @pytest.mark.parametrize("loop", sorted(_LOOPS))

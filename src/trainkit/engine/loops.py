@@ -75,7 +75,7 @@ def train_one_epoch(
     """Train ``model`` for one pass over ``loader`` and return ``{"loss": ..., "<metric>": ...}``.
 
     Args:
-        model: any ``nn.Module``; put in train mode here.
+        model: any ``nn.Module``; in train mode during the pass, then back in the mode it had before.
         loader: yields batches, ``(inputs, targets)`` for the default step.
         optimizer: steps every ``grad_accum`` batches.
         loss_fn: ``loss_fn(outputs, targets)``; not needed with ``step_fn``.
@@ -141,6 +141,7 @@ def train_one_epoch(
     own_metrics = _all_trainkit(metrics)
     autocast = precision.autocast()  # entered every step (sequentially: one object serves them all)
 
+    was_training = _is_training(model)
     model.train()
     bar.start_batches(total, desc=f"train {state.epoch + 1}", initial=state.batch_idx)
     try:
@@ -188,6 +189,7 @@ def train_one_epoch(
             bar.advance(read_values)
     finally:
         bar.end_batches()
+        model.train(was_training)
     if state.batch_idx == 0:
         raise ValueError(
             f"the training loader yielded no batches in epoch {state.epoch + 1}; an iterator or generator is used up "
@@ -251,7 +253,7 @@ def evaluate(
     step = step_fn or default_step(model, loss_fn, need_loss=False)
     fixer = BatchFixer(model, loss_fn) if step_fn is None else None
     state = LoopState()
-    was_training = model.training
+    was_training = _is_training(model)
     model.eval()
     bar.start_batches(_len_or_none(loader), desc="eval")
     try:
@@ -304,7 +306,7 @@ def predict(
     device = resolve_device(device) if device is not None else _model_device(model)
     precision = precision or MixedPrecision(False, device)
     outputs: list[Any] = []
-    was_training = model.training
+    was_training = _is_training(model)
     model.eval()
     try:
         with torch.inference_mode():
@@ -431,6 +433,12 @@ def _to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().float().mean().item()) if value.numel() > 1 else float(value.item())
     return float(value)
+
+
+def _is_training(model: nn.Module) -> bool:
+    """The train/eval mode of the user's module (a DDP wrapper keeps a flag of its own, which ``m.eval()`` leaves)."""
+    inner = getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
+    return inner.module.training if isinstance(inner, nn.parallel.DistributedDataParallel) else model.training
 
 
 def _is_ddp(model: nn.Module) -> bool:
