@@ -57,7 +57,7 @@ def predict_folder(
         with torch.inference_mode():
             labels = model(normalize(batch)).argmax(1).cpu()
         for path, img, label in zip(chunk, originals, labels, strict=True):
-            mask = _resize_mask(label, tuple(img.shape[-2:]))
+            mask = _resize_mask(label, (img.shape[-2], img.shape[-1]))
             target = out / f"{path.stem}.png"
             pil = Image.fromarray(mask.numpy().astype(np.uint8))  # "L", becomes "P" with the palette
             pil.putpalette(colours)

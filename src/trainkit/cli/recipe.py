@@ -13,6 +13,7 @@ import copy
 import math
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -118,35 +119,35 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
     from trainkit.losses import DiceCELoss
     from trainkit.metrics import MeanIoU
 
-    color_map, class_names = None, list(recipe.class_names)
+    color_map: dict[tuple[int, int, int], int] | None = None
+    class_names = list(recipe.class_names)
     if recipe.color_map:
         color_map, names = read_class_dict(recipe.color_map)
         class_names = class_names or list(names)
-    common = dict(
+    train_ds = SegmentationDataset(
+        recipe.images,
+        recipe.masks,
         mask_suffix=recipe.mask_suffix,
         target=recipe.target,
         num_classes=recipe.num_classes,
         color_map=color_map,
+        transforms=train_preset(recipe.size, scale=recipe.scale, normalize=False),
         seed=recipe.seed,
-    )
-    train_ds = SegmentationDataset(
-        recipe.images, recipe.masks, transforms=train_preset(recipe.size, scale=recipe.scale, normalize=False), **common
     )
     val_ds = copy.copy(train_ds)  # the same pairs, listed and paired once; only the transforms differ
     val_ds.transforms = eval_preset(recipe.size, normalize=False)
     num_classes = _num_classes(recipe, color_map)
     train_idx, val_idx = split_indices(len(train_ds), recipe.val_split, recipe.seed)
-    loader_kwargs = dict(
+    make_loader = partial(
+        DataLoader,
         batch_size=recipe.batch_size,
         num_workers=recipe.num_workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=recipe.num_workers > 0,
     )
-    train_loader = DataLoader(
-        Subset(train_ds, train_idx), shuffle=True, drop_last=len(train_idx) > recipe.batch_size, **loader_kwargs
-    )
-    val_loader = DataLoader(Subset(val_ds, val_idx), **loader_kwargs) if val_idx else None
+    train_loader = make_loader(Subset(train_ds, train_idx), shuffle=True, drop_last=len(train_idx) > recipe.batch_size)
+    val_loader = make_loader(Subset(val_ds, val_idx)) if val_idx else None
 
     torch.manual_seed(recipe.seed)
     model_config = {

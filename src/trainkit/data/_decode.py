@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -79,9 +80,11 @@ def _read_tiff(path: Path) -> np.ndarray:
     try:
         import tifffile
     except ImportError:
-        tifffile = None
+        has_tifffile = False
+    else:
+        has_tifffile = True
     codec_error: BaseException | None = None
-    if tifffile is not None:
+    if has_tifffile:
         try:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
@@ -105,7 +108,7 @@ def _read_tiff(path: Path) -> np.ndarray:
             raise DecodeError(
                 f"{path}: this TIFF needs a codec that is not installed ({codec_error or err}); {_TIFF_HINT}"
             ) from err
-        if tifffile is None and isinstance(err, UnidentifiedImageError):
+        if not has_tifffile and isinstance(err, UnidentifiedImageError):
             raise DecodeError(
                 f"{path}: Pillow cannot read this TIFF ({err}); it is corrupt, or compressed with a codec only "
                 f"tifffile reads: {_TIFF_HINT}"
@@ -221,7 +224,8 @@ def read_image(path: Path, channels: int = 3) -> torch.Tensor:
 
 def _read_with_pillow(path: Path, rgb: bool) -> np.ndarray:
     try:
-        with Image.open(path) as pil:
+        with Image.open(path) as opened:
+            pil: Image.Image = opened  # converted below: a plain Image, no longer the file's ImageFile
             if rgb and pil.mode not in ("RGB", "RGBA"):
                 pil = pil.convert("RGB")
             elif pil.mode in ("LA", "PA", "CMYK", "YCbCr"):
@@ -288,7 +292,7 @@ def pixel_format(path: Path) -> tuple[str, int | None]:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
+            page = cast("tifffile.TiffPage", tif.pages[0])  # the first page is always a TiffPage, never a TiffFrame
             return f"TIFF {page.dtype}", int(page.samplesperpixel)
     except Exception:
         return "unknown", None

@@ -57,7 +57,7 @@ def list_image_files(folder: str | os.PathLike[str], *, recursive: bool, role: s
     if not root.is_dir():
         raise DataError(f"`{role}`={root} is a file; pass the folder that contains the {role}")
     if recursive:
-        files = []
+        files: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not _skipped(d)]  # prune hidden folders and __MACOSX
             files.extend(Path(dirpath, name) for name in filenames if _is_image_name(name))

@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 from PIL import Image
@@ -119,7 +120,7 @@ def make_shapes(
 def _check_args(
     n: int, size: int | Sequence[int], seed: int, classes: Sequence[str], max_shapes: int
 ) -> tuple[int, int]:
-    def is_int(value: object) -> bool:
+    def is_int(value: object) -> TypeGuard[int]:
         return isinstance(value, int) and not isinstance(value, bool)
 
     if not is_int(n) or n < 1:

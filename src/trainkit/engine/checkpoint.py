@@ -39,8 +39,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
-        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # torch.compile's wrapper
+        elif type(model).__name__ == "OptimizedModule" and isinstance(
+            orig := getattr(model, "_orig_mod", None), nn.Module
+        ):
+            model = orig  # torch.compile's wrapper
         else:  # a user's module that happens to have a `.module` attribute stays whole
             return model
 
@@ -168,7 +170,11 @@ def load_checkpoint(
 
 
 def load_model_state(
-    model: nn.Module, state: Mapping[str, Any], *, path: Path | str = "checkpoint", strict: bool = True
+    model: nn.Module,
+    state: Mapping[str, Any],
+    *,
+    path: str | os.PathLike[str] = "checkpoint",
+    strict: bool = True,
 ) -> None:
     """``model.load_state_dict`` with a readable error listing missing/unexpected keys and shape mismatches.
 

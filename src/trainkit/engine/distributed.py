@@ -140,11 +140,13 @@ class DistributedContext:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         store = _restart_safe_store(env["world_size"])
-        dist.init_process_group(
-            backend=backend,
-            device_id=device if device.type == "cuda" else None,
-            **({"store": store, "rank": env["rank"], "world_size": env["world_size"]} if store is not None else {}),
-        )
+        device_id = device if device.type == "cuda" else None
+        if store is None:
+            dist.init_process_group(backend=backend, device_id=device_id)
+        else:
+            dist.init_process_group(
+                backend=backend, device_id=device_id, store=store, rank=env["rank"], world_size=env["world_size"]
+            )
         context = cls(env["rank"], env["local_rank"], env["world_size"], owns_group=True)
         atexit.register(context.shutdown)  # the group we created is destroyed when the script ends
         return context

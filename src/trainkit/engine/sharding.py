@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sized
-from typing import Any
+from typing import Any, cast
 
 from torch.utils.data import (
     BatchSampler,
@@ -148,7 +148,9 @@ def eval_sampler(loader: DataLoader[Any], num_replicas: int, rank: int) -> Shard
         base = sorted(int(i) for i in sampler.indices)
     else:
         base = sampler
-    return ShardSampler(loader.dataset, num_replicas, rank, base=base)
+    # ShardSampler takes len(dataset) only without `base`, i.e. under the default samplers or a
+    # DistributedSampler, which take len(dataset) themselves: the dataset is Sized there.
+    return ShardSampler(cast(Sized, loader.dataset), num_replicas, rank, base=base)
 
 
 def shard_eval_loader(
@@ -165,8 +167,11 @@ def shard_eval_loader(
     """
     if _is_sharded(loader):
         return loader
-    map_style = isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
-    if map_style and type(_inner_batch_sampler(loader)) is BatchSampler:
+    if (
+        isinstance(loader, DataLoader)
+        and not isinstance(loader.dataset, IterableDataset)
+        and type(_inner_batch_sampler(loader)) is BatchSampler
+    ):
         rebuilt = rebuild_loader(loader, sampler=eval_sampler(loader, num_replicas, rank), pin_memory=pin_memory)
         if rebuilt is not None:
             return rebuilt

@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import nn
@@ -119,7 +119,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def _input_sizes(input_size: Sequence[int] | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     """One size ``(C, H, W)`` or a list of sizes, each a non-empty tuple of positive ints, as a list."""
 
-    def is_size(value: object) -> bool:
+    def is_size(value: object) -> TypeGuard[Sequence[int]]:
         return (
             isinstance(value, Sequence)
             and not isinstance(value, str)
@@ -128,10 +128,11 @@ def _input_sizes(input_size: Sequence[int] | Sequence[Sequence[int]]) -> list[tu
         )
 
     if is_size(input_size):
-        return [tuple(input_size)]  # type: ignore[arg-type]
-    is_list = isinstance(input_size, Sequence) and not isinstance(input_size, str) and len(input_size) > 0
-    if is_list and all(is_size(size) for size in input_size):
-        return [tuple(size) for size in input_size]  # type: ignore[union-attr]
+        return [tuple(input_size)]
+    if isinstance(input_size, Sequence) and not isinstance(input_size, str) and len(input_size) > 0:
+        sizes = [tuple(size) for size in input_size if is_size(size)]
+        if len(sizes) == len(input_size):
+            return sizes
     raise ValueError(
         f"`input_size` must be one sample's size without the batch dimension, e.g. (3, 128, 128), or a list of "
         f"such sizes for a model with several inputs; got {input_size!r}"
