@@ -2,10 +2,15 @@
 
 Values shown on the bars are read from the device at most every ``refresh_s`` seconds, so the
 display costs no host-device synchronisation per step.
+
+The bars are as wide as the terminal. A pseudo-terminal that reports 0×0 (``docker exec -t``, some CI
+runners and IDE consoles) would make tqdm draw nothing at all, so it gets ``COLUMNS``/``LINES`` from the
+environment when set, else 80×24.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,8 +23,9 @@ class Progress:
     """An epoch bar and a batch bar with running values, or nothing but one line an epoch.
 
     Args:
-        enabled: show tqdm bars. They are also off when stdout is not a terminal (CI logs, files),
-            where :meth:`epoch_line` prints one plain line an epoch instead.
+        enabled: show tqdm bars, as wide as the terminal (80 columns when it reports 0). They are off
+            when the stream is not a terminal (CI logs, files), where :meth:`epoch_line` prints one
+            plain line an epoch instead.
         total_epochs: length of the epoch bar.
         refresh_s: the least time between two reads of the running values.
         stream: where to print (``sys.stdout`` by default).
@@ -59,6 +65,7 @@ class Progress:
                 unit="epoch",
                 file=self.stream,
                 position=0,
+                **_bar_size(self.stream),
             )
 
     def start_batches(self, total: int | None, desc: str, initial: int = 0) -> None:
@@ -71,7 +78,14 @@ class Progress:
             from tqdm.auto import tqdm
 
             self._batch_bar = tqdm(
-                total=total, initial=initial, desc=desc, unit="batch", leave=False, file=self.stream, position=1
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="batch",
+                leave=False,
+                file=self.stream,
+                position=1,
+                **_bar_size(self.stream),
             )
         self._last = time.monotonic()
 
@@ -127,6 +141,33 @@ class Progress:
         if self._epoch_bar is not None:
             self._epoch_bar.close()
             self._epoch_bar = None
+
+
+def _bar_size(stream: Any) -> dict[str, int]:
+    """tqdm's ``ncols``/``nrows`` for the terminal behind ``stream``, one less than its size as tqdm takes them.
+
+    Given explicitly because tqdm asks the terminal itself and, told 0×0, gets -1×-1: it then trims every
+    line to nothing and hides the bars as rows beyond the screen.
+    """
+    columns, lines = _terminal_size(stream)
+    return {"ncols": columns - 1, "nrows": lines - 1}
+
+
+def _terminal_size(stream: Any) -> tuple[int, int]:
+    """``(columns, lines)`` of the terminal behind ``stream``; ``COLUMNS``/``LINES``, else 80×24, for a 0 or none."""
+    try:
+        columns, lines = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):  # no file descriptor (io.UnsupportedOperation is an OSError)
+        columns = lines = 0
+    return columns if columns > 0 else _from_env("COLUMNS", 80), lines if lines > 0 else _from_env("LINES", 24)
+
+
+def _from_env(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def _fmt(value: float) -> str:
