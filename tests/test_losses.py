@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+import trainkit
+from trainkit.errors import TrainingError
 from trainkit.losses import DiceCELoss, DiceLoss
 
 
@@ -169,6 +173,57 @@ def test_weight_is_a_buffer() -> None:
     assert "weight" in loss_fn.state_dict()
     assert loss_fn.to(torch.float64).weight.dtype == torch.float64
     assert math.isclose(loss_fn.weight[1].item(), 2.0)
+
+
+# ----------------------------------------------------------------------------- targets through the Trainer
+
+
+def _fit(loss_fn: nn.Module, target: torch.Tensor, channels: int = 3) -> tuple[nn.Module, list[str]]:
+    """Two epochs of a 1x1 conv on two batches whose targets are ``target``; the model and the warnings."""
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, channels, 1)
+    images = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    data = [(images, target), (images.flip(-1), target.flip(-1))]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = trainkit.Trainer(model, opt, loss_fn, device="cpu", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(data, data, epochs=2)
+    return model, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize(
+    "loss_fn", [nn.CrossEntropyLoss(ignore_index=255), DiceLoss(), DiceCELoss()], ids=lambda f: type(f).__name__
+)
+def test_every_class_id_loss_takes_integral_float_targets_with_one_warning(loss_fn: nn.Module) -> None:
+    """The notes' contract, one rule for every class-id loss: whole-number float targets become int64."""
+    _, target = _batch()
+    target[0, 0] = 255  # ignore_index survives the conversion
+    as_ids, no_warnings = _fit(loss_fn, target)
+    as_floats, messages = _fit(loss_fn, target.float())
+    assert no_warnings == []
+    assert len(set(messages)) == 1 and messages[0].startswith(
+        f"targets are float32 but {type(loss_fn).__name__} needs int64 class ids; converting them with `.long()`"
+    )
+    assert all(torch.equal(a, b) for a, b in zip(as_ids.parameters(), as_floats.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("loss_fn", [DiceLoss(), DiceCELoss()], ids=lambda f: type(f).__name__)
+def test_non_integral_float_targets_raise_like_cross_entropy(loss_fn: nn.Module) -> None:
+    _, target = _batch()
+    with pytest.raises(TrainingError, match=rf"float32 with non-integer values, but {type(loss_fn).__name__} needs"):
+        _fit(loss_fn, target.float() + 0.5)
+
+
+@pytest.mark.parametrize("loss_cls", [DiceLoss, DiceCELoss])
+def test_binary_float_targets_stay_float_without_a_warning(loss_cls: type[nn.Module]) -> None:
+    loss_fn = loss_cls("binary")
+    _, target = _batch(num_classes=2)
+    seen: list[torch.dtype] = []
+    loss_fn.register_forward_pre_hook(lambda module, args: seen.append(args[1].dtype))
+    _, messages = _fit(loss_fn, target.float(), channels=1)
+    assert messages == [] and set(seen) == {torch.float32}
+    assert not loss_fn.expects_class_indices and DiceCELoss().expects_class_indices
 
 
 # ----------------------------------------------------------------------------- errors

@@ -9,6 +9,11 @@ mode            input                                target
 ``binary``      float logits ``[N, 1, ...]``          0/1 ``[N, ...]`` or ``[N, 1, ...]`` (int, bool or float)
 ==============  ===================================  ==============================================
 
+Through the :class:`~trainkit.Trainer`, a multiclass target stored as floats holding whole numbers (or
+as uint8/int32) is converted to int64 with one warning, the rule for every class-id loss
+(:attr:`DiceLoss.expects_class_indices`, as for ``torch.nn.CrossEntropyLoss``); called directly, the loss
+raises a ``TypeError`` that says to use ``target.long()``, as cross-entropy does.
+
 The Dice of each class is computed over the whole batch (sums over N and every spatial position):
 ``dice_c = (2 * sum(p * y) + smooth) / (sum(p) + sum(y) + smooth)``, with ``p`` the softmax (or
 sigmoid) probability, computed in float32 even under autocast, and ``y`` the one-hot target. Pixels
@@ -87,6 +92,20 @@ class DiceLoss(nn.Module):
         self.classes = classes
         self.smooth = float(smooth)
         self.eps = float(eps)
+
+    @property
+    def expects_class_indices(self) -> bool:
+        """Whether the target holds class ids (``"multiclass"``), as for ``torch.nn.CrossEntropyLoss``.
+
+        The :class:`~trainkit.Trainer` reads it to apply the same target rule to every class-id loss:
+        float targets holding whole numbers (and uint8/int32 ones) become int64 with one warning, other
+        float targets raise. Binary targets stay as they are (0/1 of any dtype).
+
+        Example:
+            >>> DiceLoss("multiclass").expects_class_indices, DiceLoss("binary").expects_class_indices
+            (True, False)
+        """
+        return self.mode == "multiclass"
 
     def extra_repr(self) -> str:
         """Settings shown by ``repr``.

@@ -74,6 +74,16 @@ class DiceCELoss(nn.Module):
         self.ce_weight = float(ce_weight)
         self.ignore_index = ignore_index
 
+    @property
+    def expects_class_indices(self) -> bool:
+        """Whether the target holds class ids (``"multiclass"``); see :attr:`DiceLoss.expects_class_indices`.
+
+        Example:
+            >>> DiceCELoss().expects_class_indices, DiceCELoss("binary").expects_class_indices
+            (True, False)
+        """
+        return self.mode == "multiclass"
+
     def extra_repr(self) -> str:
         """Settings shown by ``repr``.
 
