@@ -18,8 +18,14 @@ a change in machine load hits all of them alike; CPU ms/sample adds the CPU time
 workers, which a busy machine hardly changes (ratios: higher is better for trainkit).
 Targets (issue 3): trainkit >= 1.5x the notes' pipeline and >= 0.8x decode only, at the same worker count.
 
+``--seeding`` instead prints the cost of sample-stable seeding a sample (``trainkit.engine.Seeding``), in
+microseconds, for each mode: what a DataLoader worker pays in the default ``"workers"`` mode, what the main
+process pays in ``"workers"`` and ``"always"`` modes, against an unseeded ``__getitem__`` (the budget is
+15 us a sample in a worker).
+
 Usage:
     python benchmarks/data_pipeline.py --n 64 --workers 0 2
+    python benchmarks/data_pipeline.py --seeding
 """
 
 from __future__ import annotations
@@ -160,6 +166,40 @@ def measure(pipelines: list[Pipeline], workers: int, batch_size: int, repeats: i
     }
 
 
+def seeding_costs(repeats: int = 7, n: int = 20000) -> dict[str, float]:
+    """Microseconds a sample (median of ``repeats`` runs of ``n`` samples) of each seeding mode's ``__getitem__``."""
+    from unittest import mock
+
+    from trainkit.engine import loaders
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return n
+
+        def __getitem__(self, i: int) -> int:
+            return i
+
+    plain = Plain()
+    keys = [(i, 3, i) for i in range(n)]
+    worker = loaders.SeededDataset(plain, seed=0, always=False)
+    always = loaders.SeededDataset(plain, seed=0, always=True)
+    cases: dict[str, Callable[[], None]] = {
+        "unseeded __getitem__": lambda: [plain[i] for i in range(n)],
+        '"workers", in a worker': lambda: [worker[k] for k in keys],
+        '"workers", main process': lambda: [worker[k] for k in keys],
+        '"always", main process': lambda: [always[k] for k in keys],
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, run in cases.items():  # alternating, so machine load hits every case alike
+            worker_info = object() if "in a worker" in name else None
+            with mock.patch.object(loaders, "get_worker_info", lambda info=worker_info: info):
+                start = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - start) / n * 1e6)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=64, help="number of image/mask pairs (default 64)")
@@ -173,8 +213,19 @@ def main(argv: list[str] | None = None) -> None:
         help="torch intra-op threads in the main process (default 1, as DataLoader workers use): with more, "
         "every batch-sized torch op waits for the other threads, which on a busy machine costs milliseconds",
     )
+    parser.add_argument("--seeding", action="store_true", help="print the cost of per-sample seeding instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.seeding:
+        print(f"python {' '.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}")
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}"
+        )
+        costs = seeding_costs()
+        base = costs["unseeded __getitem__"]
+        for name, us in costs.items():
+            print(f"{name:28s} {us:8.2f} us/sample   seeding adds {us - base:7.2f} us")
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_shapes(Path(tmp) / "shapes", n=args.n, size=(384, 512), seed=0)
@@ -220,12 +271,12 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def semantic(root: Path, transforms: Callable | None = None) -> SegmentationDataset:
     return SegmentationDataset(
-        root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="semantic", seed=0, transforms=transforms
+        root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="semantic", transforms=transforms
     )
 
 
 def instance(root: Path) -> SegmentationDataset:
-    return SegmentationDataset(root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="instance", seed=0)
+    return SegmentationDataset(root / "PNGImages", root / "PedMasks", mask_suffix="_mask", target="instance")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,6 @@ def _dataset(folder: Path, transforms) -> SegmentationDataset:
         mask_suffix="_mask",
         num_classes=NUM_CLASSES,
         transforms=transforms,
-        seed=0,
     )
 
 

@@ -16,7 +16,6 @@ from torchvision.transforms import v2
 
 import data_layouts as layouts
 from trainkit.data._seeding import sample_rng, sample_seed, set_epoch
-from trainkit.data.collate import collate
 from trainkit.data.dataset import ClassDict, SegmentationDataset, read_class_dict
 from trainkit.errors import DataError, DecodeError, MaskValueError, PairingError
 
@@ -313,7 +312,6 @@ def test_values_beyond_num_classes_name_the_file_and_values(tmp_path: Path) -> N
         ({"threshold": 0.5}, ValueError, r"`threshold` applies to `target='binary'` only"),
         ({"instance_labels": {1: 1}}, ValueError, r"`instance_labels` applies to `target='instance'` only"),
         ({"transforms": 3}, TypeError, r"`transforms` must be callable"),
-        ({"seed": "x"}, ValueError, r"`seed` must be an integer"),
         ({"color_map": {(1, 2): 0}}, ValueError, r"`color_map` keys must be \(r, g, b\)"),
         ({"color_map": {(1, 2, 3): 0}, "value_map": {1: 0}}, ValueError, r"either `color_map`.*or `value_map`"),
         ({"value_map": {-1: 0}}, ValueError, r"`value_map` keys must be raw mask values"),
@@ -328,7 +326,20 @@ def test_argument_errors(tmp_path: Path, kwargs: dict, error: type, match: str) 
         SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask", **kwargs)
 
 
-# ---------------------------------------------------------------- per-sample seeding
+# ---------------------------------------------------------------- seeding (the mechanism: tests/test_engine_loaders.py)
+
+
+def test_the_seed_argument_is_deprecated_and_draws_stay_global(tmp_path: Path) -> None:
+    layout = layouts.penn_fudan(tmp_path, n=2)
+    with pytest.warns(DeprecationWarning, match=r"`SegmentationDataset\(seed=...\)` is deprecated and has no effect"):
+        ds = SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask", transforms=RandomJoint(), seed=3)
+    torch.manual_seed(0)
+    random.seed(0)
+    a = ds[0]
+    torch.manual_seed(0)
+    random.seed(0)
+    b = ds[0]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # the draws come from the global RNGs
 
 
 class RandomJoint:
@@ -340,49 +351,6 @@ class RandomJoint:
     def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.geometry(image, mask)
         return image, mask + 10 * random.randint(0, 1000)  # the extra draw shows Python's random is seeded too
-
-
-def shapes_dataset(root: Path, seed: int | None = 7) -> SegmentationDataset:
-    layout = layouts.penn_fudan(root, n=6)
-    return SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask", transforms=RandomJoint(), seed=seed)
-
-
-def test_getitem_does_not_touch_the_global_rngs(tmp_path: Path) -> None:
-    ds = shapes_dataset(tmp_path)
-    torch.manual_seed(123)
-    random.seed(123)
-    np.random.seed(123)
-    expected = (torch.rand(3), random.random(), np.random.rand())
-    torch.manual_seed(123)
-    random.seed(123)
-    np.random.seed(123)
-    for index in range(len(ds)):
-        ds[index]
-    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
-    assert np.random.rand() == expected[2]
-
-
-def test_same_index_and_epoch_give_the_same_draw_and_epochs_differ(tmp_path: Path) -> None:
-    ds = shapes_dataset(tmp_path)
-    first = [ds[i] for i in range(len(ds))]
-    again = [ds[i] for i in reversed(range(len(ds)))][::-1]  # order does not matter
-    for (a_img, a_mask), (b_img, b_mask) in zip(first, again, strict=True):
-        assert torch.equal(a_img, b_img) and torch.equal(a_mask, b_mask)
-    ds.set_epoch(1)
-    assert ds.epoch == 1
-    epoch1 = [ds[i] for i in range(len(ds))]
-    differ = sum(not torch.equal(a[1], b[1]) for a, b in zip(first, epoch1, strict=True))
-    assert differ >= 5  # the extra random draw changes with the epoch for (nearly) every sample
-
-
-def test_seed_none_is_drawn_from_torch_global_rng(tmp_path: Path) -> None:
-    layout = layouts.penn_fudan(tmp_path, n=1)
-    torch.manual_seed(0)
-    a = SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask").seed
-    torch.manual_seed(0)
-    b = SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask").seed
-    c = SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask").seed
-    assert a == b != c
 
 
 def test_sample_rng_restores_state_and_seeds_per_sample() -> None:
@@ -398,9 +366,21 @@ def test_sample_rng_restores_state_and_seeds_per_sample() -> None:
     assert len(seeds) == 1000
 
 
-def test_set_epoch_reaches_datasets_inside_wrappers_and_samplers(tmp_path: Path) -> None:
-    ds_a = shapes_dataset(tmp_path / "a")
-    ds_b = shapes_dataset(tmp_path / "b")
+class EpochAware(torch.utils.data.Dataset):
+    epoch = -1
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def test_set_epoch_reaches_datasets_inside_wrappers_and_samplers() -> None:
+    ds_a, ds_b = EpochAware(), EpochAware()
 
     class EpochSampler(torch.utils.data.SequentialSampler):
         epoch = -1
@@ -417,26 +397,7 @@ def test_set_epoch_reaches_datasets_inside_wrappers_and_samplers(tmp_path: Path)
     with pytest.raises(ValueError, match=r"`epoch` must be an integer >= 0, got -1"):
         set_epoch(ds_a, -1)
     with pytest.raises(ValueError, match=r"`epoch` must be an integer >= 0, got 1.5"):
-        ds_a.set_epoch(1.5)  # type: ignore[arg-type]
-
-
-def epoch_batches(loader: DataLoader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    set_epoch(loader, epoch)
-    return list(loader)
-
-
-@pytest.mark.slow
-def test_draws_do_not_depend_on_num_workers(tmp_path: Path) -> None:
-    ds = shapes_dataset(tmp_path)
-    single = DataLoader(ds, batch_size=2, num_workers=0, collate_fn=collate)
-    workers = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate, persistent_workers=True)
-    for epoch in (0, 1):  # persistent workers must see the new epoch through shared memory
-        expected, got = epoch_batches(single, epoch), epoch_batches(workers, epoch)
-        for (a_img, a_mask), (b_img, b_mask) in zip(expected, got, strict=True):
-            assert torch.equal(a_img, b_img) and torch.equal(a_mask, b_mask)
-        if epoch == 0:
-            first = expected
-    assert any(not torch.equal(a[1], b[1]) for a, b in zip(first, expected, strict=True))
+        set_epoch(ds_a, 1.5)  # type: ignore[arg-type]
 
 
 def test_public_names_of_trainkit_data() -> None:

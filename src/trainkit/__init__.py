@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from trainkit import errors
 from trainkit.engine import (
     MixedPrecision,
+    Seeding,
     Trainer,
     evaluate,
     load_checkpoint,
@@ -33,6 +34,7 @@ _LAZY_FUNCTIONS = {"summary": "trainkit.utils.summary"}
 
 __all__ = [
     "MixedPrecision",
+    "Seeding",
     "Trainer",
     "__version__",
     "callbacks",

@@ -132,7 +132,6 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
         num_classes=recipe.num_classes,
         color_map=color_map,
         transforms=train_preset(recipe.size, scale=recipe.scale, normalize=False),
-        seed=recipe.seed,
     )
     val_ds = copy.copy(train_ds)  # the same pairs, listed and paired once; only the transforms differ
     val_ds.transforms = eval_preset(recipe.size, normalize=False)

@@ -1,9 +1,12 @@
-"""Per-sample random draws derived from ``(seed, epoch, index)``, and telling datasets the epoch.
+"""Per-sample random draws derived from ``(seed, epoch, position)``, and telling datasets the epoch.
 
-With the usual worker seeding, the draw a sample gets depends on which worker loads it and how many
-samples that worker loaded before, so augmentations change with ``num_workers`` and differ after a
-resume in the middle of training. Deriving each sample's generator state from ``(seed, epoch, index)``
-instead makes the draw a pure function of those three numbers.
+With PyTorch's stock worker seeding, the draw a sample gets depends on which worker loads it and how many
+samples that worker loaded before, so augmentations change with ``num_workers`` and differ after a resume
+in the middle of training. Seeding the global RNGs from ``(seed, epoch, position)`` right before each
+sample is loaded makes its draws a pure function of those three numbers, whatever the dataset draws from
+(``torch``, ``numpy.random`` or ``random``): :func:`seed_sample` does that, :func:`sample_rng` also puts the
+caller's RNG states back afterwards. The ``Trainer`` applies it to every map-style training loader
+(``trainkit.engine.Seeding``).
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from trainkit.data._encoding import is_int
 
-__all__ = ["check_epoch", "sample_rng", "sample_seed", "set_epoch"]
+__all__ = ["check_epoch", "sample_rng", "sample_seed", "seed_sample", "set_epoch"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -44,35 +47,52 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return _splitmix64(mixed ^ (index & _MASK64))
 
 
-@contextmanager
-def sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
-    """Run a block with torch's CPU generator, Python's ``random`` and NumPy's global RNG seeded for one sample.
+def seed_sample(seed: int, epoch: int, position: int) -> None:
+    """Seed torch's default CPU generator, NumPy's legacy global RNG and ``random`` for one sample.
 
-    The outer states are saved on entry and restored on exit, so the block neither depends on nor consumes
-    the global random streams: the same ``(seed, epoch, index)`` gives the same draws in any process, any
-    DataLoader worker, in any order. CUDA generators are not touched.
-
-    Args:
-        seed: The dataset's base seed.
-        epoch: The current epoch (see :func:`set_epoch`).
-        index: The sample's index in the dataset.
+    The cheap half of :func:`sample_rng`, for a process whose RNG belongs to the data loading (a
+    DataLoader worker): about 8 us, against ~135 us for ``torch.manual_seed`` (which seeds every device)
+    plus saving and restoring NumPy's state. CUDA generators are not touched.
 
     Example:
-        >>> with sample_rng(0, epoch=1, index=7):
+        >>> seed_sample(0, epoch=1, position=7); a = (torch.rand(1), np.random.rand(), random.random())
+        >>> seed_sample(0, epoch=1, position=7); b = (torch.rand(1), np.random.rand(), random.random())
+        >>> torch.equal(a[0], b[0]) and a[1:] == b[1:]
+        True
+    """
+    derived = sample_seed(seed, epoch, position)
+    torch.default_generator.manual_seed(derived)
+    random.seed(derived & 0xFFFFFFFF)  # a 32-bit seed costs `random` 5 us instead of 8
+    np.random.seed(derived >> 32)  # NumPy's legacy seed must fit in 32 bits
+
+
+@contextmanager
+def sample_rng(seed: int, epoch: int, position: int) -> Iterator[None]:
+    """Run a block with the global RNGs seeded for one sample (:func:`seed_sample`), then restore them.
+
+    The outer states are saved on entry and restored on exit, so the block neither depends on nor consumes
+    the global random streams: the same ``(seed, epoch, position)`` gives the same draws in any process, any
+    DataLoader worker, in any order. The ``Trainer`` uses it in the main process with
+    ``Seeding(sample_seeding="always")``.
+
+    Args:
+        seed: The run's seed.
+        epoch: The current epoch.
+        position: The sample's position in the epoch's order (or any other number that identifies it).
+
+    Example:
+        >>> with sample_rng(0, epoch=1, position=7):
         ...     a = torch.rand(2)
-        >>> with sample_rng(0, epoch=1, index=7):
+        >>> with sample_rng(0, epoch=1, position=7):
         ...     b = torch.rand(2)
         >>> torch.equal(a, b)
         True
     """
-    derived = sample_seed(seed, epoch, index)
     torch_state = torch.get_rng_state()
     python_state = random.getstate()
     numpy_state = np.random.get_state()
     try:
-        torch.default_generator.manual_seed(derived)
-        random.seed(derived)
-        np.random.seed(derived >> 32)  # NumPy's legacy seed must fit in 32 bits
+        seed_sample(seed, epoch, position)
         yield
     finally:
         torch.set_rng_state(torch_state)
@@ -136,7 +156,7 @@ def set_epoch(loader_or_dataset: Any, epoch: int) -> None:
                     sampler.set_epoch(epoch)
         elif callable(getattr(obj, "set_epoch", None)):
             obj.set_epoch(epoch)
-        elif isinstance(obj, Subset):
+        elif isinstance(getattr(obj, "dataset", None), Dataset):  # Subset and other wrappers of one dataset
             visit(obj.dataset)
         elif isinstance(obj, ConcatDataset):
             for dataset in obj.datasets:

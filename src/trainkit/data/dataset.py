@@ -8,6 +8,10 @@ Contract of a sample ``image, target = ds[i]``:
 * ``target="instance"``: torchvision's detection dict: ``masks`` (``tv_tensors.Mask`` bool ``[N, H, W]``),
   ``boxes`` (``tv_tensors.BoundingBoxes`` float32 xyxy, ``x2``/``y2`` = last column/row + 1), ``labels``
   int64 ``[N]``, ``area`` float32 ``[N]`` (box area), ``iscrowd`` int64 zeros, ``image_id`` int64 (the index).
+
+Random augmentations draw from the global RNGs, like any dataset's: the ``Trainer`` seeds them for each
+sample from ``(seed, epoch, position)`` (``trainkit.engine.Seeding``), one mechanism for this dataset
+and the user's own.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import csv
 import operator
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +31,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from trainkit.data._decode import check_channels, read_image, read_mask
-from trainkit.data._encoding import MaskEncoding, is_int
+from trainkit.data._encoding import MaskEncoding
 from trainkit.data._pairing import pair_files
-from trainkit.data._seeding import check_epoch, sample_rng
 from trainkit.data._targets import binary_target, instance_target, label_table, semantic_target
 from trainkit.errors import DataError
 
@@ -59,10 +63,13 @@ class SegmentationDataset(Dataset[Sample]):
             Without a map, 0/255 masks give 0/1 (255 counts as foreground, not ignore).
         instance_labels: ``target="instance"`` only: ``{object_id: class}``; default: every object is class 1.
         channels: Image channels: 1 (gray), 3 (RGB) or 4 (RGBA); gray, palette and RGBA files are converted.
-        transforms: Joint transform ``(image, target) -> (image, target)``; run under per-sample seeding.
+        transforms: Joint transform ``(image, target) -> (image, target)``. Its random draws come from the global
+            RNGs, which ``Trainer`` seeds per sample (``Trainer(seed=...)``), so they do not depend on the
+            number of DataLoader workers.
         strict: Raise on unpaired files (default) or drop them with one warning.
         recursive: Also search subfolders; pairing then uses the relative path without extension.
-        seed: Base seed of the per-sample random draws; ``None`` draws one from torch's global generator here.
+        seed: Deprecated and ignored: per-sample seeding moved to the ``Trainer`` (``Trainer(seed=...)``), which
+            seeds every dataset's samples alike. Passing it warns.
 
     Raises:
         PairingError: unpaired files (``strict=True``) or files sharing a stem.
@@ -105,8 +112,14 @@ class SegmentationDataset(Dataset[Sample]):
             raise ValueError(f"`instance_labels` applies to `target='instance'` only, got `target={target!r}`")
         if transforms is not None and not callable(transforms):
             raise TypeError(f"`transforms` must be callable(image, target) -> (image, target), got {transforms!r}")
-        if seed is not None and not is_int(seed):
-            raise ValueError(f"`seed` must be an integer or None, got {seed!r}")
+        if seed is not None:
+            warnings.warn(
+                "`SegmentationDataset(seed=...)` is deprecated and has no effect: the Trainer seeds each sample's "
+                "augmentation from `Trainer(seed=...)`, the epoch and the sample's position, for every dataset; "
+                "drop the argument",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.images = Path(images)
         self.masks = Path(masks)
         self.target = target
@@ -120,9 +133,6 @@ class SegmentationDataset(Dataset[Sample]):
         self.samples: list[tuple[Path, Path]] = pair_files(
             self.images, self.masks, mask_suffix=mask_suffix, recursive=recursive, strict=strict
         )
-        self.seed: int = int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed
-        # Shared memory: DataLoader workers (persistent ones included) see `set_epoch` from the main process.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         """Number of image/mask pairs.
@@ -133,29 +143,8 @@ class SegmentationDataset(Dataset[Sample]):
         """
         return len(self.samples)
 
-    @property
-    def epoch(self) -> int:
-        """The epoch last given to :meth:`set_epoch` (0 before the first call).
-
-        Example:
-            >>> ds.set_epoch(3); ds.epoch  # doctest: +SKIP
-            3
-        """
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that seeds augmentations; call before ``iter(loader)`` (workers prefetch at once).
-
-        Raises:
-            ValueError: ``epoch`` is not a non-negative integer.
-
-        Example:
-            >>> ds.set_epoch(1)  # doctest: +SKIP
-        """
-        self._epoch.fill_(check_epoch(epoch))
-
     def __getitem__(self, index: int) -> Sample:
-        """Decode sample ``index`` and build its target; apply ``transforms`` under per-sample seeding.
+        """Decode sample ``index`` and build its target; apply ``transforms``.
 
         Raises:
             DecodeError: an unreadable, truncated or corrupt file.
@@ -166,7 +155,7 @@ class SegmentationDataset(Dataset[Sample]):
             >>> image, mask = ds[0]  # doctest: +SKIP
         """
         image_path, mask_path = self.samples[index]  # IndexError when out of range, as for a list
-        index = operator.index(index) % len(self.samples)  # ds[-1] gets the seed and image_id of the last sample
+        index = operator.index(index) % len(self.samples)  # ds[-1] gets the image_id of the last sample
         with _one_thread():
             return self._load(index, image_path, mask_path)
 
@@ -182,8 +171,7 @@ class SegmentationDataset(Dataset[Sample]):
         sample_image = tv_tensors.Image(image)
         if self.transforms is None:
             return sample_image, target
-        with sample_rng(self.seed, int(self._epoch), index):
-            return self.transforms(sample_image, target)
+        return self.transforms(sample_image, target)
 
     def _build_target(self, raw: np.ndarray, mask_path: Path, index: int) -> Any:
         encoding = self.encoding

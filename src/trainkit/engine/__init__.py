@@ -2,6 +2,7 @@
 
 from trainkit.engine.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from trainkit.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from trainkit.engine.loaders import Seeding
 from trainkit.engine.loops import LoopState, evaluate, predict, train_one_epoch
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.trainer import Trainer
@@ -13,6 +14,7 @@ __all__ = [
     "LoopState",
     "MixedPrecision",
     "ModelCheckpoint",
+    "Seeding",
     "Trainer",
     "evaluate",
     "load_checkpoint",

@@ -1,30 +1,18 @@
-"""The checks on ``Trainer``'s arguments, and the forms the loops get them in.
+"""The checks on ``Trainer``'s arguments, and the batch transform's channels-last form.
 
 Each check raises ``TypeError`` or ``ValueError`` at the boundary, naming the argument, what was given
-and the fix, before any model, optimizer or loader is used. Then the batch transform gains the
-channels-last conversion, the training loader is rebuilt around a resumable batch sampler (sharded
-under DDP) and an evaluation loader is sharded under DDP.
+and the fix, before any model, optimizer or loader is used. Loaders are prepared in ``loaders.py``.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainkit.engine.distributed import DistributedContext
-from trainkit.engine.resumable import rebuild_loader
-
-__all__ = [
-    "check_args",
-    "check_not_empty",
-    "prepare_eval_loader",
-    "prepare_train_loader",
-    "with_channels_last",
-]
+__all__ = ["check_args", "check_not_empty", "with_channels_last"]
 
 
 def check_args(
@@ -93,48 +81,3 @@ def with_channels_last(transform: Callable[[Any], Any] | None) -> Callable[[Any]
         return batch
 
     return apply
-
-
-def prepare_train_loader(
-    loader: Iterable[Any], dist: DistributedContext, *, seed: int | None, device: torch.device
-) -> Iterable[Any]:
-    """A copy of a map-style ``DataLoader`` with a resumable (and under DDP sharded) sampler; other loaders as given.
-
-    Warns under DDP when the loader cannot be rebuilt, so every rank sees all of it. Call it from
-    ``Trainer.fit`` directly: the warning points two frames up, at the user's ``fit`` call.
-
-    Example:
-        >>> from trainkit.engine.resumable import ResumableBatchSampler
-        >>> data = torch.utils.data.TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
-        >>> cpu = torch.device("cpu")
-        >>> loader = torch.utils.data.DataLoader(data, batch_size=4)
-        >>> loader = prepare_train_loader(loader, DistributedContext.detect(cpu), seed=None, device=cpu)
-        >>> isinstance(loader.batch_sampler, ResumableBatchSampler)
-        True
-    """
-    sampler = dist.train_sampler(loader, seed=seed or 0) if hasattr(loader, "dataset") else None
-    rebuilt = rebuild_loader(loader, sampler=sampler, pin_memory=device.type == "cuda")
-    if rebuilt is None:
-        if dist.enabled:
-            warnings.warn(
-                "under DDP the training loader is not a map-style DataLoader, so it is not sharded: "
-                "every rank sees all of it",
-                stacklevel=3,
-            )
-        return loader
-    return rebuilt
-
-
-def prepare_eval_loader(
-    loader: Iterable[Any] | None, dist: DistributedContext, *, device: torch.device
-) -> Iterable[Any] | None:
-    """``loader`` sharded across the DDP ranks (unchanged in one process); ``None`` stays ``None``.
-
-    Example:
-        >>> cpu = torch.device("cpu")
-        >>> prepare_eval_loader(None, DistributedContext.detect(cpu), device=cpu) is None
-        True
-    """
-    if loader is None:
-        return None
-    return dist.shard_eval_loader(loader, pin_memory=device.type == "cuda")

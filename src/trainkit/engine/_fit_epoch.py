@@ -1,7 +1,9 @@
 """One epoch of ``Trainer.fit``: the training pass, validation, the per-epoch scheduler step, the history row.
 
 ``run_epoch`` is the body of ``fit``'s loop (see the pseudocode in ``trainer.py``); the trainer's
-``state`` says which epoch, and how many of its batches a resumed run has already trained on.
+``state`` (a :class:`~trainkit.engine.state.RunState`) says which epoch, and how many of its batches a
+resumed run has already trained on; ``trainer.train_loader`` gives the epoch's batches. The only state
+written here is ``trainer.state``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from trainkit.engine._step import StepOutput
 from trainkit.engine.loop_state import LoopState, check_learning_rates, loss_totals, mean_of
 from trainkit.engine.loops import train_one_epoch
 from trainkit.engine.progress import Progress
-from trainkit.engine.run_state import epoch_batches
 
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
@@ -31,20 +32,28 @@ def run_epoch(trainer: Trainer, val_loader: Iterable[Any] | None, bar: Progress)
         >>> from trainkit.engine.trainer import Trainer
         >>> model = torch.nn.Linear(2, 2)
         >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), torch.nn.CrossEntropyLoss(), device="cpu")
-        >>> t._train_loader = [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]
+        >>> from trainkit.engine.loaders import TrainLoader
+        >>> t.train_loader = TrainLoader([(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))], t.dist, seed=0)
         >>> sorted(run_epoch(t, None, Progress(enabled=False)))
         ['epoch', 'lr', 'train/loss']
     """
-    epoch = trainer.state.epoch
-    loader, total = epoch_batches(trainer, epoch)
-    if trainer.state.batch_idx == 0:
-        trainer.epoch_logs = {"lr": float(trainer.optimizer.param_groups[0]["lr"])}
+    state, loader = trainer.state, trainer.train_loader
+    if loader is None:
+        raise RuntimeError("`run_epoch` needs `trainer.train_loader` (set by `Trainer.fit`)")
+    epoch = state.epoch
+    total = loader.num_batches
+    batches = loader.batches(epoch, skip=state.batch_idx, epoch_state=state.loader_state)
+    state.loader_state = None
+    if loader.restarted:
+        state.batch_idx = 0
+    if state.batch_idx == 0:
+        state.epoch_logs = {"lr": float(trainer.optimizer.param_groups[0]["lr"])}
         trainer.callbacks.dispatch("on_epoch_start", trainer, epoch + 1)
     hooked = trainer.callbacks.has("on_train_batch_end")
-    watch = hooked or trainer._interrupt.installed
+    watch = hooked or trainer.interrupt.installed
     on_batch_end = functools.partial(_on_batch_end, trainer, hooked) if watch else None
     train = train_one_epoch(
-        trainer.model, loader, trainer.optimizer, trainer.loss_fn,
+        trainer.model, batches, trainer.optimizer, trainer.loss_fn,
         device=trainer.device, precision=trainer.precision,
         scheduler=trainer.scheduler if trainer.scheduler_interval == "step" else None,
         grad_accum=trainer.grad_accum, clip_grad_norm=trainer.clip_grad_norm, metrics=trainer.train_metrics,
@@ -57,10 +66,9 @@ def run_epoch(trainer: Trainer, val_loader: Iterable[Any] | None, bar: Progress)
         val = {f"val/{k}": v for k, v in trainer.evaluate(val_loader).items()}
         trainer.callbacks.dispatch("on_validation_end", trainer, val)
         logs.update(val)
-    logs.update(trainer.epoch_logs)
+    logs.update(state.epoch_logs)
     step_epoch_scheduler(trainer, logs)
-    trainer.state.epoch, trainer.state.batch_idx = epoch + 1, 0
-    trainer.history.append(logs)
+    state.end_epoch(logs)
     return logs
 
 
@@ -108,5 +116,5 @@ def step_epoch_scheduler(trainer: Trainer, logs: dict[str, float]) -> None:
 def _on_batch_end(trainer: Trainer, hooked: bool, state: LoopState, output: StepOutput) -> None:
     if hooked:
         trainer.callbacks.dispatch("on_train_batch_end", trainer, state, output)
-    if trainer._interrupt.requested and trainer.at_step_boundary(state):
-        trainer._interrupt.check()
+    if trainer.interrupt.requested and trainer.at_step_boundary(state):
+        trainer.interrupt.check()

@@ -29,7 +29,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
-from trainkit.engine.resumable import ResumableBatchSampler, rebuild_loader
+from trainkit.engine.loaders import ResumableBatchSampler, rebuild_loader
 
 __all__ = ["ShardSampler", "ShardedBatches", "eval_sampler", "shard_eval_loader", "train_sampler"]
 

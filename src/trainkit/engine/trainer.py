@@ -11,14 +11,18 @@
         history.append({"epoch", "train/loss", "val/loss", "val/<metric>", "lr", ...})
         metrics.csv, TensorBoard, on_epoch_end (last.pt, best.pt, early stopping)
 
-The loop's body is ``_fit_epoch.run_epoch``; what a checkpoint holds and how a run resumes, ``run_state``;
-the argument checks and loader preparation, ``_arguments``; the files in ``run_dir``, ``_run_dir``.
+Who owns what: the run's counters, history and seed are one :class:`~trainkit.engine.state.RunState`
+(``trainer.state``), passed to the loops and callbacks; the training loader is prepared once by
+:class:`~trainkit.engine.loaders.TrainLoader` (``trainer.train_loader``); ``run_dir``'s files belong to
+:class:`~trainkit.engine.run_dir.RunDir` (``trainer.outputs``). The loop's body is ``_fit_epoch.run_epoch``;
+what a checkpoint holds and how a run starts or resumes, ``resume``; the argument checks, ``_arguments``.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,26 +31,21 @@ import torch
 from torch import nn
 
 from trainkit.engine import checkpoint as ckpt_io
-from trainkit.engine._arguments import (
-    check_args,
-    check_not_empty,
-    prepare_eval_loader,
-    prepare_train_loader,
-    with_channels_last,
-)
+from trainkit.engine._arguments import check_args, check_not_empty, with_channels_last
 from trainkit.engine._fit_epoch import run_epoch
-from trainkit.engine._run_dir import open_loggers, plot_run_curves
 from trainkit.engine._step import StepFn
 from trainkit.engine.callbacks import Callback, CallbackList, ModelCheckpoint
 from trainkit.engine.distributed import DistributedContext, local_device
-from trainkit.engine.interrupts import GracefulInterrupt, StopRequested
+from trainkit.engine.interrupts import GracefulInterrupt, StopRequested, resume_hint
+from trainkit.engine.loaders import Seeding, TrainLoader, prepare_eval_loader
 from trainkit.engine.loop_state import LoopState
 from trainkit.engine.loops import default_step, evaluate, predict
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
-from trainkit.engine.run_state import checkpoint_state, epoch_state, restore_checkpoint, start_run, stop_after_signal
+from trainkit.engine.resume import checkpoint_state, epoch_sums, restore_checkpoint, start_run
+from trainkit.engine.run_dir import RunDir
+from trainkit.engine.state import RunState
 from trainkit.utils.device import resolve_device
-from trainkit.utils.logging import TensorBoardLogger
 
 __all__ = ["Trainer"]
 
@@ -73,7 +72,11 @@ class Trainer:
         run_dir: where ``metrics.csv``, TensorBoard events, checkpoints and ``curves.png`` go;
             ``None`` writes nothing.
         device: ``"auto"`` (CUDA, then MPS, then CPU; the local rank's GPU under torchrun) or a device.
-        seed: seeds every RNG when ``fit`` starts afresh (a resume restores the saved RNG instead).
+        seed: an int seeds every RNG when ``fit`` starts afresh (a resume restores the saved RNG instead) and
+            derives each training sample's random draws from ``(seed, epoch, position)``, so augmentations do
+            not depend on ``num_workers`` nor on an interruption; ``None`` draws a seed for the samples (saved
+            in checkpoints). A :class:`~trainkit.engine.loaders.Seeding` also chooses where samples are seeded
+            (``Seeding(0, sample_seeding="always")`` makes ``num_workers=0`` match too).
         progress: tqdm bars on a terminal; one line an epoch otherwise or when ``False``.
         on_nan: ``"raise"`` or ``"skip"`` a step whose loss is NaN/inf.
         batch_transform: applied to every batch on the device (e.g. ``BatchNormalize``).
@@ -90,7 +93,10 @@ class Trainer:
     Attributes:
         model: what is trained (the user's module, possibly wrapped in DDP / ``torch.compile``).
         module: the user's module, unwrapped.
-        history: one dict of floats an epoch.
+        state: the run's :class:`~trainkit.engine.state.RunState` (epoch, batch, step, history, seed).
+        history: one dict of floats an epoch (``state.history``).
+        train_loader: the :class:`~trainkit.engine.loaders.TrainLoader` of the current ``fit``.
+        outputs: the :class:`~trainkit.engine.run_dir.RunDir` writing ``metrics.csv``, TensorBoard, curves.
         extra_state: plain data (str, numbers, lists, dicts) saved in every checkpoint under
             ``"extra"``, e.g. the arguments needed to rebuild the model for prediction.
 
@@ -121,7 +127,7 @@ class Trainer:
         callbacks: Iterable[Callback] | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         device: str | torch.device | None = "auto",
-        seed: int | None = None,
+        seed: int | Seeding | None = None,
         progress: bool = True,
         on_nan: str = "raise",
         batch_transform: Callable[[Any], Any] | None = None,
@@ -150,7 +156,9 @@ class Trainer:
         self.val_metrics = dict(metrics or {})
         self.train_metrics = {k: copy.deepcopy(m) for k, m in self.val_metrics.items()}
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.seed, self.progress = seed, progress
+        self.outputs = RunDir(self.run_dir, is_main=self.dist.is_main)
+        self.seeding = Seeding.of(seed)
+        self.progress = progress
         self.batch_transform = with_channels_last(batch_transform) if channels_last else batch_transform
         self._training_step_fn, self._validation_step_fn = training_step, validation_step
         self._default_train_step = default_step(self.model, self.loss_fn)
@@ -159,16 +167,62 @@ class Trainer:
         if self.run_dir is not None and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
             callbacks.append(ModelCheckpoint())
         self.callbacks = CallbackList(callbacks)
-        self.history: list[dict[str, float]] = []
-        self.state = LoopState()
-        self.epoch_logs: dict[str, float] = {}
-        self.should_stop = False
+        self.state = RunState(seed=self.seeding.seed)
         self.has_validation = False
-        self._train_loader: Any = None
-        self._tb: TensorBoardLogger | None = None
-        self._resume_loader_state: dict[str, Any] | None = None
-        self._interrupt = GracefulInterrupt(enabled=False)
+        self.train_loader: TrainLoader | None = None
+        self.interrupt = GracefulInterrupt(enabled=False)
         self.extra_state: dict[str, Any] = {}
+
+    # -- the run state, by its familiar names ---------------------------------------------------
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """One dict of floats a finished epoch (``state.history``).
+
+        Example:
+            >>> model = torch.nn.Linear(2, 2)
+            >>> Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu").history
+            []
+        """
+        return self.state.history
+
+    @property
+    def epoch_logs(self) -> dict[str, float]:
+        """Extra values for the current epoch's history row (``state.epoch_logs``); callbacks may add to it.
+
+        Example:
+            >>> model = torch.nn.Linear(2, 2)
+            >>> Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu").epoch_logs
+            {}
+        """
+        return self.state.epoch_logs
+
+    @property
+    def should_stop(self) -> bool:
+        """Set to ``True`` (e.g. in a callback) to end ``fit`` after the current epoch.
+
+        Example:
+            >>> model = torch.nn.Linear(2, 2)
+            >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu")
+            >>> t.should_stop = True; t.state.should_stop
+            True
+        """
+        return self.state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.state.should_stop = bool(value)
+
+    @property
+    def seed(self) -> int | None:
+        """The run's seed: the one given, or after ``fit`` starts the one drawn (or read from the checkpoint).
+
+        Example:
+            >>> model = torch.nn.Linear(2, 2)
+            >>> Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu", seed=3).seed
+            3
+        """
+        return self.state.seed
 
     # -- steps a subclass may override -------------------------------------------------------
 
@@ -233,10 +287,11 @@ class Trainer:
         Note:
             **Resume.** A run killed at any point continues from its last checkpoint (``resume="last"`` or
             a path) and ends with bitwise the same weights and history as a run never interrupted (on the
-            CPU, whatever ``num_workers``, when augmentations draw from ``trainkit.data.sample_rng`` as
-            ``SegmentationDataset`` does). The checkpoint holds the model, optimizer, scheduler, scaler, RNG
-            states, the epoch's sampler permutation and position, the accumulation phase and the running
-            sums of the epoch; the consumed batches are skipped without loading them.
+            CPU, for any map-style dataset and any ``num_workers``: each sample's augmentation is seeded from
+            ``(seed, epoch, position)``, see :class:`~trainkit.engine.loaders.Seeding`). The checkpoint holds
+            the model, optimizer, scheduler, scaler, RNG states, the seed, the epoch's sampler permutation and
+            position, the accumulation phase and the running sums of the epoch; the consumed batches are
+            skipped without loading them.
             ``ModelCheckpoint(every_n_steps=N)`` bounds the work a crash loses to N optimizer steps.
 
             **Ctrl-C and SIGTERM.** During ``fit`` the first signal makes the loop finish the optimizer step
@@ -267,43 +322,45 @@ class Trainer:
         check_not_empty(train_loader, "train_loader")
         if val_loader is not None:
             check_not_empty(val_loader, "val_loader")
-        self._train_loader = prepare_train_loader(train_loader, self.dist, seed=self.seed, device=self.device)
+        start_run(self, resume)
+        self.state.should_stop = False
+        self.train_loader = TrainLoader(
+            train_loader,
+            self.dist,
+            seed=self.state.seed if self.state.seed is not None else 0,
+            sample_seeding=self.seeding.sample_seeding,
+            pin_memory=self.device.type == "cuda",
+        )
         val_loader = prepare_eval_loader(val_loader, self.dist, device=self.device)
         self.has_validation = val_loader is not None
-        self.should_stop = False
-        start_run(self, resume)
         bar = Progress(enabled=self.progress and self.dist.is_main, total_epochs=epochs)
         bar.quiet = not self.dist.is_main
-        csv_log = open_loggers(self)
+        self.outputs.open()
         bar.start_fit(self.state.epoch)
-        self._interrupt = GracefulInterrupt(enabled=not self.dist.enabled).install()
+        self.interrupt = GracefulInterrupt(enabled=not self.dist.enabled).install()
         try:
             self.callbacks.dispatch("on_fit_start", self)
             while self.state.epoch < epochs and not self.should_stop:
                 logs = run_epoch(self, val_loader, bar)
-                if csv_log is not None:  # the whole file, atomically: a failed run never truncates an older one
-                    csv_log.start(self.history)
-                if self._tb is not None:
-                    self._tb.log_scalars(logs, int(logs["epoch"]))
+                self.outputs.log_epoch(self.history)
                 bar.epoch_line(logs)
                 self.callbacks.dispatch("on_epoch_end", self, logs)
                 self.should_stop = self.dist.any_true(self.should_stop, self.device)
-                self._interrupt.check()
+                self.interrupt.check()
         except StopRequested:
             bar.close()
-            err = stop_after_signal(self)
+            err = self._stop_after_signal()
             self.callbacks.dispatch("on_exception", self, err)
             raise err from None
         except BaseException as err:
             self.callbacks.dispatch("on_exception", self, err)
             raise
         finally:
-            self._interrupt.restore()
+            self.interrupt.restore()
             bar.close()
-            if self._tb is not None:
-                self._tb.close()
+            self.outputs.close()
         self.callbacks.dispatch("on_fit_end", self)
-        plot_run_curves(self)
+        self.outputs.plot(self.history)
         self.dist.barrier()  # no rank returns (and reads run_dir) before rank 0 has written its files
         return self.history
 
@@ -354,7 +411,7 @@ class Trainer:
             'ckpt.pt'
         """
         # Under DDP a mid-epoch checkpoint holds every rank's running sums: a collective, so every rank calls this.
-        ranks = self.dist.gather(epoch_state(self)) if self.dist.enabled and self.state.batch_idx > 0 else None
+        ranks = self.dist.gather(epoch_sums(self)) if self.dist.enabled and self.state.mid_epoch else None
         if not self.dist.is_main:
             return None
         state = checkpoint_state(self)
@@ -384,8 +441,7 @@ class Trainer:
             >>> model = torch.nn.Linear(2, 2)
             >>> Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu").log_scalars({"lr": 0.1}, 0)
         """
-        if self._tb is not None:
-            self._tb.log_scalars(values, step)
+        self.outputs.log_scalars(values, step)
 
     def at_step_boundary(self, state: LoopState) -> bool:
         """Whether the last batch completed an optimizer step (no gradients are pending).
@@ -398,7 +454,31 @@ class Trainer:
         """
         return state.batch_idx % self.grad_accum == 0
 
+    def last_checkpoint_path(self) -> Path | None:
+        """Where ``resume="last"`` looks: ``last.pt`` in the ``ModelCheckpoint`` folder; ``None`` without ``run_dir``.
+
+        Example:
+            >>> model = torch.nn.Linear(2, 2)
+            >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu", run_dir="runs/a")
+            >>> t.last_checkpoint_path().as_posix()
+            'runs/a/checkpoints/last.pt'
+        """
+        if self.run_dir is None:
+            return None
+        saver = next((cb for cb in self.callbacks.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        return (saver.folder(self) if saver is not None else self.run_dir / "checkpoints") / "last.pt"
+
     # -- internals -----------------------------------------------------------------------------
+
+    def _stop_after_signal(self) -> BaseException:
+        """After SIGINT/SIGTERM: write ``last.pt`` (with ``run_dir``), say how to resume, return the exit error."""
+        last = self.last_checkpoint_path()
+        path = self.save_checkpoint(last) if last is not None else None
+        state = self.state
+        where = f"epoch {state.epoch + 1}, batch {state.batch_idx} (step {state.global_step})"
+        saved = f"saved {path}; " if path is not None else ""
+        print(f"trainkit: stopped at {where}; {saved}{resume_hint(path)}", file=sys.stderr, flush=True)
+        return self.interrupt.exit_error()
 
     def _custom_step(self, name: str) -> StepFn | None:
         """The overridden or passed step, or ``None`` for the default step (which also fixes batch dtypes)."""
