@@ -1,4 +1,5 @@
-"""Tests for trainkit.utils: seeding, device resolution and batch moves, the CSV logger, RNG state round trips."""
+"""Tests for trainkit.utils: seeding, device resolution, nested batches (walker, key roles, moves, batch size),
+the CSV logger, RNG state round trips."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+import trainkit.utils
+from trainkit.data import collate, collate_instances
+from trainkit.engine._step import split_batch
+from trainkit.utils.batch import (
+    BATCH,
+    INPUT,
+    INPUT_KEYS,
+    KEEP,
+    KEPT_KEYS,
+    TARGET,
+    TARGET_KEYS,
+    batch_size_of,
+    key_for,
+    key_role,
+    map_tensors,
+)
 from trainkit.utils.device import move_to_device, resolve_device
 from trainkit.utils.logging import CSVLogger, TensorBoardLogger
 from trainkit.utils.seed import get_rng_state, seed_everything, set_rng_state
@@ -120,6 +137,153 @@ def test_move_to_device_leaves_tensors_already_there_as_they_are(monkeypatch: py
     moved = move_to_device((x, [y], {"y": y}), CPU)
     monkeypatch.undo()
     assert moved[0] is x and moved[1][0] is y and moved[2]["y"] is y
+
+
+def test_move_to_device_is_the_same_function_from_every_import_path() -> None:
+    from trainkit.utils.batch import move_to_device as from_batch
+
+    assert trainkit.utils.move_to_device is move_to_device is from_batch
+
+
+def test_move_to_device_keeps_the_non_blocking_choice_per_call() -> None:
+    calls = []
+
+    class Spy(torch.Tensor):
+        def to(self, *args, **kwargs):
+            calls.append(kwargs["non_blocking"])
+            return torch.zeros(1, device="meta")
+
+    spy = torch.zeros(1).as_subclass(Spy)
+    meta = torch.device("meta")
+    move_to_device((spy,), meta, non_blocking=True)
+    move_to_device((spy,), meta, non_blocking=False)
+    move_to_device((spy,), meta)  # the default: non-blocking only on CUDA
+    assert calls == [True, False, False]
+
+
+# ----------------------------------------------------------------------------- nested batches
+
+
+class _Pair(namedtuple("_Pair", ["image", "mask"])):
+    pass
+
+
+class _NeedsTwoArguments(dict):
+    def __init__(self, items, extra):
+        super().__init__(items)
+
+
+def test_map_tensors_maps_every_tensor_and_keeps_containers_and_leaves() -> None:
+    mask = tv_tensors.Mask(torch.ones(2, dtype=torch.int64))
+    batch = {
+        "pair": _Pair(torch.ones(1), mask),
+        "ordered": OrderedDict(a=torch.ones(2)),
+        "odd": _NeedsTwoArguments({"b": torch.ones(1)}, extra=None),
+        "list": [torch.zeros(1), "a.png", 3, None, Path("x.png")],
+        "shape": torch.Size([2, 3]),
+        "range": range(2),
+    }
+    out = map_tensors(batch, lambda t: t * 2)
+    assert type(out) is dict and type(out["pair"]) is _Pair and type(out["ordered"]) is OrderedDict
+    assert type(out["odd"]) is dict and out["odd"]["b"].tolist() == [2.0]  # cannot be rebuilt: a dict
+    assert out["pair"].image.tolist() == [2.0] and out["ordered"]["a"].tolist() == [2.0, 2.0]
+    assert out["pair"].mask.tolist() == [2, 2] and map_tensors([mask], type) == [tv_tensors.Mask]  # fn gets the Mask
+    widened = map_tensors(_Pair(torch.ones(1), mask), lambda t: t.to(torch.float64))
+    assert type(widened.mask) is tv_tensors.Mask and widened.mask.dtype == torch.float64  # kept by `.to()`
+    assert out["list"][1:] == ["a.png", 3, None, Path("x.png")] and out["list"][0].tolist() == [0.0]
+    assert out["shape"] == torch.Size([2, 3]) and type(out["shape"]) is torch.Size
+    assert out["range"] == [0, 1]  # another Sequence: a list
+    assert map_tensors(torch.ones(1), lambda t: t + 1).tolist() == [2.0]
+    assert map_tensors("text", lambda t: t + 1) == "text"
+
+
+def test_map_tensors_calls_fn_once_per_tensor_in_order_for_the_usual_batch() -> None:
+    x, y = torch.zeros(2, 3), torch.ones(2, dtype=torch.long)
+    seen: list[torch.Tensor] = []
+    out = map_tensors((x, y), lambda t: seen.append(t) or t)
+    assert type(out) is tuple and out[0] is x and out[1] is y and seen == [x, y]
+    out = map_tensors([x, [y, "id"]], lambda t: t.shape[0])
+    assert out == [2, [2, "id"]]
+
+
+def test_map_tensors_with_roles_follows_the_roles_table() -> None:
+    def role_of(tensor: torch.Tensor, role: str) -> str:
+        return role
+
+    t = torch.zeros(1)
+    assert map_tensors(t, role_of, with_role=True) == BATCH
+    assert map_tensors((t, t, t), role_of, with_role=True) == (INPUT, TARGET, TARGET)
+    assert map_tensors(_Pair(t, t), role_of, with_role=True) == _Pair(INPUT, TARGET)
+    sample = {"image": t, "mask": t, "masks": t, "y": t, "name": "a", "weight": t}
+    assert map_tensors(sample, role_of, with_role=True) == {
+        "image": INPUT, "mask": TARGET, "masks": TARGET, "y": TARGET, "name": "a", "weight": INPUT
+    }  # fmt: skip
+    detection = (t, {"labels": t, "masks": t, "boxes": t, "area": t, "iscrowd": t, "image_id": t, "extra": [t]})
+    assert map_tensors(detection, role_of, with_role=True) == (
+        INPUT,
+        {"labels": TARGET, "masks": KEEP, "boxes": KEEP, "area": KEEP, "iscrowd": KEEP, "image_id": KEEP,
+         "extra": [TARGET]},
+    )  # fmt: skip
+    nested = ([t, {"mask": t}], ({"boxes": {"labels": t}},))
+    assert map_tensors(nested, role_of, with_role=True) == ([INPUT, {"mask": TARGET}], ({"boxes": {"labels": KEEP}},))
+    assert map_tensors([t], role_of, with_role=True, role=TARGET) == [TARGET]
+
+
+def test_map_tensors_leaf_types_reach_fn_too() -> None:
+    out = map_tensors((np.ones(2), [np.int64(3)], "a"), torch.as_tensor, leaf_types=(np.ndarray, np.generic))
+    assert out[0].tolist() == [1.0, 1.0] and out[1][0].item() == 3 and out[2] == "a"
+
+
+def test_key_role_table() -> None:
+    assert [key_role(k) for k in (0, 1, 2, "image", "name")] == [INPUT, TARGET, TARGET, INPUT, INPUT]
+    assert all(key_role(k) == TARGET for k in TARGET_KEYS)  # "masks" at the root names the targets
+    assert all(key_role(k, TARGET) == KEEP for k in KEPT_KEYS)  # inside a target: a detection target's fields
+    assert [key_role(k, TARGET) for k in ("labels", "mask", 0)] == [TARGET, TARGET, TARGET]
+    assert [key_role(k, INPUT) for k in (0, 1, "mask", "image")] == [INPUT, INPUT, TARGET, INPUT]
+    assert [key_role(k, KEEP) for k in ("labels", 1)] == [KEEP, KEEP]
+    assert all(key_role(k) == INPUT for k in INPUT_KEYS)
+
+
+def test_key_for_prefers_the_tables_order() -> None:
+    batch = {"labels": 1, "x": 2, "mask": 3, "image": 4}
+    assert key_for(batch, INPUT) == "image" and key_for(batch, TARGET) == "mask"
+    assert key_for({"name": 1}, INPUT) is None and key_for({"name": 1}, TARGET) is None
+
+
+@pytest.mark.parametrize("target_key", TARGET_KEYS)
+@pytest.mark.parametrize("input_key", INPUT_KEYS)
+def test_collate_and_split_batch_read_the_same_keys(input_key: str, target_key: str) -> None:
+    sample = {input_key: torch.zeros(2, dtype=torch.uint8), target_key: torch.ones(2, dtype=torch.int32), "id": 7}
+    batch = collate([sample, sample])
+    inputs, targets = split_batch(batch)
+    assert inputs.dtype == torch.uint8 and inputs.shape == (2, 2)  # inputs keep their dtype
+    assert targets.dtype == torch.int64 and targets.tolist() == [[1, 1], [1, 1]]  # class ids made int64
+    assert batch["id"].tolist() == [7, 7]
+
+
+def test_collate_instances_keeps_a_detection_targets_fields_by_the_table() -> None:
+    target = {k: np.ones(2, dtype=np.int32) for k in KEPT_KEYS} | {"labels": np.ones(2, dtype=np.int32)}
+    _, (fixed, _) = collate_instances([(torch.zeros(1), target)] * 2)
+    assert {k: fixed[k].dtype for k in fixed} == {**dict.fromkeys(KEPT_KEYS, torch.int32), "labels": torch.int64}
+
+
+@pytest.mark.parametrize(
+    ("batch", "size"),
+    [
+        ((torch.zeros(4, 3), torch.zeros(4)), 4),
+        ([torch.zeros(5, 3)], 5),
+        (torch.zeros(3, 2), 3),
+        (torch.tensor(1.0), 1),
+        ({"image": torch.zeros(2, 3), "mask": torch.zeros(2)}, 2),
+        ({"name": ["a", "b", "c"], "image": torch.zeros(2, 3)}, 3),  # the first entry decides
+        (([torch.zeros(3, 8, 8), torch.zeros(3, 5, 5)], [{"labels": torch.ones(1)}] * 2), 2),  # detection lists
+        ((tv_tensors.Image(torch.zeros(6, 3, 2, 2)), torch.zeros(6)), 6),
+        (["a.png", "b.png"], 2),
+        ("not a batch", 1),
+    ],
+)
+def test_batch_size_of(batch: object, size: int) -> None:
+    assert batch_size_of(batch) == size
 
 
 # ----------------------------------------------------------------------------- logging

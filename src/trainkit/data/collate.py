@@ -6,9 +6,11 @@ Rules, applied while stacking (one copy per field, into shared memory inside Dat
 * NumPy arrays and scalars become tensors (``torch.from_numpy``); Python floats become float32.
 * float64 becomes float32 everywhere.
 * Class-index targets become int64: any ``tv_tensors.Mask``, and integer or bool tensors in a target
-  position (positions ``1, 2, ...`` of a tuple/list sample; dict keys ``mask``, ``target``, ``label``,
-  ``labels``). A float ``Mask`` holding whole numbers becomes int64 with a one-time warning; float targets
-  that are not masks stay float (``BCEWithLogitsLoss`` and regression need them).
+  position: positions ``1, 2, ...`` of a tuple/list sample, dict keys of
+  :data:`trainkit.utils.batch.TARGET_KEYS` (the one table of batch roles, which ``split_batch`` reads
+  too; a detection target's ``masks``, ``boxes``, ``area``, ``iscrowd`` and ``image_id`` are not class
+  ids). A float ``Mask`` holding whole numbers becomes int64 with a one-time warning; float targets that
+  are not masks stay float (``BCEWithLogitsLoss`` and regression need them).
 * Everything else keeps its dtype: uint8 images stay uint8, so the float conversion can happen on the
   device.
 * tv_tensors keep their type: a batch of ``Image`` is an ``Image [B, C, H, W]``, of ``Mask`` a ``Mask``.
@@ -27,13 +29,10 @@ from torch.utils.data import get_worker_info
 from torchvision import tv_tensors
 
 from trainkit.errors import DataError
+from trainkit.utils.batch import BATCH, KEEP, TARGET, TARGET_KEYS, key_role, map_tensors
 
-__all__ = ["TARGET_KEYS", "collate", "collate_instances"]
+__all__ = ["TARGET_KEYS", "collate", "collate_instances"]  # TARGET_KEYS: the table's, kept importable from here
 
-TARGET_KEYS: frozenset[str] = frozenset({"mask", "target", "label", "labels"})
-"""Dict keys whose integer values :func:`collate` treats as class-index targets (made int64)."""
-
-_INPUT, _TARGET, _KEEP = "input", "target", "keep"
 _warned_float_masks = False
 
 
@@ -62,7 +61,7 @@ def collate(batch: Sequence[Any]) -> Any:
     """
     if len(batch) == 0:
         raise ValueError("`collate` got an empty batch; check the dataset length and the sampler")
-    return _collate(list(batch), _INPUT, "sample", top=True)
+    return _collate(list(batch), BATCH, "sample")
 
 
 def collate_instances(batch: Sequence[Any]) -> tuple[list[Any], ...]:
@@ -96,7 +95,7 @@ def collate_instances(batch: Sequence[Any]) -> tuple[list[Any], ...]:
             f"got {type(batch[0]).__name__} samples"
         )
     fields = tuple(
-        [_fix_each(value, _INPUT if position == 0 else _TARGET) for value in field]
+        [map_tensors(value, _fix_dtype, with_role=True, role=key_role(position), leaf_types=_ARRAYS) for value in field]
         for position, field in enumerate(zip(*batch, strict=True))
     )
     return _into_shared_memory(fields) if get_worker_info() is not None else fields
@@ -111,7 +110,7 @@ def _into_shared_memory(fields: tuple[list[Any], ...]) -> tuple[list[Any], ...]:
     of 3.0 CPU ms per sample.
     """
     tensors: list[torch.Tensor] = []
-    _visit_tensors(fields, tensors.append)
+    map_tensors(fields, tensors.append)
     blocks: dict[torch.dtype, torch.Tensor] = {}
     for dtype in {t.dtype for t in tensors}:
         numel = sum(t.numel() for t in tensors if t.dtype == dtype)
@@ -126,43 +125,21 @@ def _into_shared_memory(fields: tuple[list[Any], ...]) -> tuple[list[Any], ...]:
         view.copy_(tensor.as_subclass(torch.Tensor))
         return tv_tensors.wrap(view, like=tensor) if isinstance(tensor, tv_tensors.TVTensor) else view
 
-    return _visit_tensors(fields, move)
+    return map_tensors(fields, move)
 
 
-def _visit_tensors(obj: Any, fn: Any) -> Any:
-    """Apply ``fn`` to every tensor inside nested tuples, lists and dicts; rebuild the structure."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, Mapping):
-        return {key: _visit_tensors(value, fn) for key, value in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_visit_tensors(value, fn) for value in obj)
-    return obj
+_ARRAYS = (np.ndarray, np.generic)
 
 
-def _fix_each(value: Any, role: str) -> Any:
-    """Fix dtypes inside one sample (no stacking)."""
-    if isinstance(value, Mapping):
-        return {key: _fix_each(item, _key_role(key, role)) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_fix_each(item, role) for item in value)
-    if isinstance(value, (np.ndarray, np.generic)):
-        value = torch.from_numpy(np.asarray(value))
-    if isinstance(value, torch.Tensor):
-        dtype = _batch_dtype(value, role)
-        return value if dtype == value.dtype else value.to(dtype)
-    return value
+def _fix_dtype(value: Any, role: str) -> torch.Tensor:
+    """One tensor (or NumPy array) of one sample with the batch dtype of its role, not stacked."""
+    tensor = torch.from_numpy(np.asarray(value)) if isinstance(value, _ARRAYS) else value
+    dtype = _batch_dtype(tensor, role)
+    return tensor if dtype == tensor.dtype else tensor.to(dtype)
 
 
-def _key_role(key: Any, role: str) -> str:
-    if role == _INPUT and key in TARGET_KEYS:
-        return _TARGET
-    if role == _TARGET and key in ("masks", "boxes", "area", "iscrowd", "image_id"):
-        return _KEEP  # fields of a detection dict that are not class ids
-    return role
-
-
-def _collate(items: list[Any], role: str, where: str, *, top: bool = False) -> Any:
+def _collate(items: list[Any], role: str, where: str) -> Any:
+    """Stack ``items`` (one entry of every sample) walking their structure in parallel; ``role`` as in the table."""
     first = items[0]
     if isinstance(first, Mapping):
         keys = list(first)
@@ -170,16 +147,13 @@ def _collate(items: list[Any], role: str, where: str, *, top: bool = False) -> A
             if not isinstance(item, Mapping) or list(item) != keys:
                 got = list(item) if isinstance(item, Mapping) else type(item).__name__
                 raise ValueError(f"`collate`: {where} 0 has keys {keys} but {where} {i} has {got}")
-        return {key: _collate([item[key] for item in items], _key_role(key, role), f"{where}[{key!r}]") for key in keys}
+        return {key: _collate([item[key] for item in items], key_role(key, role), f"{where}[{key!r}]") for key in keys}
     if isinstance(first, (tuple, list)):
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) != len(first):
                 got = f"length {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
                 raise ValueError(f"`collate`: {where} 0 has {len(first)} fields but {where} {i} has {got}")
-        fields = [
-            _collate([item[k] for item in items], _TARGET if top and k > 0 else role, f"{where}[{k}]")
-            for k in range(len(first))
-        ]
+        fields = [_collate([item[k] for item in items], key_role(k, role), f"{where}[{k}]") for k in range(len(first))]
         if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
             return type(first)(*fields)
         return type(first)(fields)
@@ -196,7 +170,7 @@ def _collate(items: list[Any], role: str, where: str, *, top: bool = False) -> A
 
 
 def _batch_dtype(first: torch.Tensor, role: str) -> torch.dtype:
-    class_ids = role != _KEEP and (isinstance(first, tv_tensors.Mask) or role == _TARGET)
+    class_ids = role != KEEP and (isinstance(first, tv_tensors.Mask) or role == TARGET)
     if class_ids and not first.is_floating_point() and not first.is_complex():
         return torch.int64
     return torch.float32 if first.dtype == torch.float64 else first.dtype
@@ -213,7 +187,7 @@ def _stack(tensors: list[torch.Tensor], role: str, where: str) -> torch.Tensor:
         storage = torch.UntypedStorage._new_shared(len(tensors) * first.numel() * dtype.itemsize)
         out = torch.empty(0, dtype=dtype).set_(storage).view(len(tensors), *shape)
     batch = torch.stack([t.as_subclass(torch.Tensor) for t in tensors], out=out).to(dtype)
-    if isinstance(first, tv_tensors.Mask) and batch.is_floating_point() and role != _KEEP:
+    if isinstance(first, tv_tensors.Mask) and batch.is_floating_point() and role != KEEP:
         batch = _float_mask_to_ids(batch, where)
     if isinstance(first, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.Video)):
         return tv_tensors.wrap(batch, like=first)

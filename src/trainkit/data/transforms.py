@@ -34,6 +34,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from trainkit.utils.batch import BATCH, INPUT, INPUT_KEYS, key_for, map_tensors
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BatchNormalize", "eval_preset", "train_preset"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -155,9 +157,10 @@ class BatchNormalize:
 
     Pair it with ``train_preset(..., normalize=False)`` so images travel as uint8 from the loader and the
     conversion runs on the GPU. uint8 images are scaled to [0, 1] first; float images are only normalised.
-    The batch may be the image tensor ``[N, C, H, W]`` itself, a tuple or list whose first element is the
-    image tensor, or a dict with key ``"image"``; the other entries are returned untouched, in a container of
-    the same kind.
+    The batch may be the image tensor ``[N, C, H, W]`` itself, a tuple or list whose first element holds
+    the images, or a dict with an input key of the batch roles table (``"image"``, ``"images"``, ``"input"``,
+    ``"inputs"``, ``"x"``: :data:`trainkit.utils.batch.INPUT_KEYS`); every tensor of that input entry is
+    normalised, the other entries are returned untouched, in a container of the same kind.
 
     Args:
         mean: Per-channel mean (of images in [0, 1]).
@@ -192,17 +195,20 @@ class BatchNormalize:
             >>> BatchNormalize((0.0,), (1.0,))({"image": torch.full((1, 1, 1, 1), 255, dtype=torch.uint8)})["image"]
             tensor([[[[1.]]]])
         """
-        if isinstance(batch, torch.Tensor):
-            return self._normalize(batch)
-        if isinstance(batch, Mapping) and "image" in batch:
-            return {**batch, "image": self._normalize(batch["image"])}
-        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-            images = self._normalize(batch[0])
-            return (images, *batch[1:]) if isinstance(batch, tuple) else [images, *batch[1:]]
+        if isinstance(batch, Mapping):
+            if (key := key_for(batch, INPUT)) is not None:
+                return {**batch, key: map_tensors(batch[key], self._normalize)}
+        elif isinstance(batch, torch.Tensor) or (
+            isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (torch.Tensor, tuple, list, Mapping))
+        ):
+            return map_tensors(batch, self._normalize_inputs, with_role=True)  # the root tensor, or position 0
         raise TypeError(
-            f"`BatchNormalize` expects an image tensor [N, C, H, W], a tuple/list whose first element is one, "
-            f"or a dict with key 'image'; got {type(batch).__name__}"
+            f"`BatchNormalize` expects an image tensor [N, C, H, W], a tuple/list whose first element holds the "
+            f"images, or a dict with an input key ({', '.join(INPUT_KEYS)}); got {type(batch).__name__}"
         )
+
+    def _normalize_inputs(self, tensor: torch.Tensor, role: str) -> torch.Tensor:
+        return self._normalize(tensor) if role in (BATCH, INPUT) else tensor
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != len(self.mean):

@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from trainkit.engine._step import batch_size_of
-from trainkit.utils.device import move_to_device
+from trainkit.utils.batch import batch_size_of, map_tensors, move_to_device
 
 __all__ = ["device_batches"]
 
@@ -89,14 +88,11 @@ def _prefetched(
             return
 
 
-def _record(obj: Any, stream: torch.cuda.Stream) -> None:
+def _record(batch: Any, stream: torch.cuda.Stream) -> None:
     """Tell the caching allocator that tensors made on the side stream are used on ``stream``."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_cuda:
-            obj.record_stream(stream)
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            _record(value, stream)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            _record(value, stream)
+
+    def record(tensor: torch.Tensor) -> None:
+        if tensor.is_cuda:
+            tensor.record_stream(stream)
+
+    map_tensors(batch, record)

@@ -16,11 +16,9 @@ import torch
 from torch import nn
 
 from trainkit.errors import TrainingError
+from trainkit.utils.batch import INPUT, INPUT_KEYS, TARGET, TARGET_KEYS, key_for
 
 StepFn = Callable[[Any], Any]
-
-_INPUT_KEYS = ("image", "images", "input", "inputs", "x")
-_TARGET_KEYS = ("mask", "masks", "target", "targets", "label", "labels", "y")
 
 
 @dataclass
@@ -49,17 +47,24 @@ def as_step_output(result: Any) -> StepOutput:
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
-    """Split a batch into ``(inputs, targets)``: a 2-sequence, or a dict with image/mask-like keys."""
+    """Split a batch into ``(inputs, targets)``: a 2-sequence, or a dict with keys of the batch roles table.
+
+    The keys are those of :data:`trainkit.utils.batch.INPUT_KEYS` and ``TARGET_KEYS`` (the first present
+    of each), the table ``collate`` reads too.
+
+    Example:
+        >>> split_batch({"name": ["a"], "image": torch.zeros(1, 2), "mask": torch.ones(1, dtype=torch.long)})
+        (tensor([[0., 0.]]), tensor([1]))
+    """
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     if isinstance(batch, Mapping):
-        inputs = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
-        targets = next((batch[k] for k in _TARGET_KEYS if k in batch), None)
-        if inputs is not None and targets is not None:
-            return inputs, targets
+        input_key, target_key = key_for(batch, INPUT), key_for(batch, TARGET)
+        if input_key is not None and target_key is not None:
+            return batch[input_key], batch[target_key]
         raise TypeError(
-            f"a dict batch needs an input key ({', '.join(_INPUT_KEYS)}) and a target key "
-            f"({', '.join(_TARGET_KEYS)}); got keys {sorted(batch)}. Return (inputs, targets) from the dataset, "
+            f"a dict batch needs an input key ({', '.join(INPUT_KEYS)}) and a target key "
+            f"({', '.join(TARGET_KEYS)}); got keys {sorted(batch)}. Return (inputs, targets) from the dataset, "
             "or override `Trainer.training_step`"
         )
     kind = f"a {len(batch)}-sequence" if isinstance(batch, (tuple, list)) else type(batch).__name__
@@ -67,25 +72,6 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
         f"the default step expects (inputs, targets) batches, got {kind}; return (inputs, targets) from the "
         "dataset or override `Trainer.training_step` / pass `training_step=`"
     )
-
-
-def batch_size_of(batch: Any) -> int:
-    """The number of samples in a batch: the first dimension of its first tensor (1 if none)."""
-    if type(batch) in (tuple, list) and batch and type(batch[0]) is torch.Tensor and batch[0].ndim:
-        return batch[0].shape[0]  # the usual (inputs, targets) batch, before the general walk below
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.ndim else 1
-    if isinstance(batch, Mapping):
-        batch = list(batch.values())
-    if isinstance(batch, (tuple, list)):
-        if batch and not isinstance(batch[0], (torch.Tensor, tuple, list, Mapping)):
-            return len(batch)
-        for item in batch:
-            if isinstance(item, (tuple, list)) and item and isinstance(item[0], (torch.Tensor, Mapping)):
-                return len(item)  # a list of per-sample tensors (detection batches)
-            if isinstance(item, (torch.Tensor, Mapping, tuple, list)):
-                return batch_size_of(item)
-    return 1
 
 
 def is_class_index_loss(loss_fn: Any) -> bool:
