@@ -170,7 +170,7 @@ def seeding_costs(repeats: int = 7, n: int = 20000) -> dict[str, float]:
     """Microseconds a sample (median of ``repeats`` runs of ``n`` samples) of each seeding mode's ``__getitem__``."""
     from unittest import mock
 
-    from trainkit.engine import loaders
+    from trainkit.engine import seeding as loaders
 
     class Plain(torch.utils.data.Dataset):
         def __len__(self) -> int:

@@ -16,7 +16,8 @@ import data_layouts as layouts
 import trainkit
 from trainkit.data import SegmentationDataset, collate, set_epoch
 from trainkit.engine.distributed import DistributedContext
-from trainkit.engine.loaders import ResumableBatchSampler, SeededDataset, Seeding, TrainLoader, rebuild_loader
+from trainkit.engine.loaders import ResumableBatchSampler, TrainLoader, rebuild_loader
+from trainkit.engine.seeding import SeededDataset, Seeding
 
 
 class Noisy(Dataset):

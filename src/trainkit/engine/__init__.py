@@ -2,9 +2,9 @@
 
 from trainkit.engine.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from trainkit.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
-from trainkit.engine.loaders import Seeding
 from trainkit.engine.loops import LoopState, evaluate, predict, train_one_epoch
 from trainkit.engine.precision import MixedPrecision
+from trainkit.engine.seeding import Seeding
 from trainkit.engine.trainer import Trainer
 
 __all__ = [

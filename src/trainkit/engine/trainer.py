@@ -37,13 +37,14 @@ from trainkit.engine._step import StepFn
 from trainkit.engine.callbacks import Callback, CallbackList, ModelCheckpoint
 from trainkit.engine.distributed import DistributedContext, local_device
 from trainkit.engine.interrupts import GracefulInterrupt, StopRequested, resume_hint
-from trainkit.engine.loaders import Seeding, TrainLoader, prepare_eval_loader
+from trainkit.engine.loaders import TrainLoader, prepare_eval_loader
 from trainkit.engine.loop_state import LoopState
 from trainkit.engine.loops import default_step, evaluate, predict
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
 from trainkit.engine.resume import checkpoint_state, epoch_sums, restore_checkpoint, start_run
 from trainkit.engine.run_dir import RunDir
+from trainkit.engine.seeding import Seeding
 from trainkit.engine.state import RunState
 from trainkit.utils.device import resolve_device
 
@@ -75,7 +76,7 @@ class Trainer:
         seed: an int seeds every RNG when ``fit`` starts afresh (a resume restores the saved RNG instead) and
             derives each training sample's random draws from ``(seed, epoch, position)``, so augmentations do
             not depend on ``num_workers`` nor on an interruption; ``None`` draws a seed for the samples (saved
-            in checkpoints). A :class:`~trainkit.engine.loaders.Seeding` also chooses where samples are seeded
+            in checkpoints). A :class:`~trainkit.engine.seeding.Seeding` also chooses where samples are seeded
             (``Seeding(0, sample_seeding="always")`` makes ``num_workers=0`` match too).
         progress: tqdm bars on a terminal; one line an epoch otherwise or when ``False``.
         on_nan: ``"raise"`` or ``"skip"`` a step whose loss is NaN/inf.
@@ -288,7 +289,7 @@ class Trainer:
             **Resume.** A run killed at any point continues from its last checkpoint (``resume="last"`` or
             a path) and ends with bitwise the same weights and history as a run never interrupted (on the
             CPU, for any map-style dataset and any ``num_workers``: each sample's augmentation is seeded from
-            ``(seed, epoch, position)``, see :class:`~trainkit.engine.loaders.Seeding`). The checkpoint holds
+            ``(seed, epoch, position)``, see :class:`~trainkit.engine.seeding.Seeding`). The checkpoint holds
             the model, optimizer, scheduler, scaler, RNG states, the seed, the epoch's sampler permutation and
             position, the accumulation phase and the running sums of the epoch; the consumed batches are
             skipped without loading them.
