@@ -723,16 +723,21 @@ def test_early_stopping_counts_from_the_last_improvement() -> None:
     assert (stop.stopped_epoch, stop.best, stop.wait) == (6, 0.7, 2)
 
 
-def test_early_stopping_resumes_where_it_stopped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoint_first", [False, True])
+def test_early_stopping_resumes_where_it_stopped(tmp_path: Path, checkpoint_first: bool) -> None:
+    # ModelCheckpoint runs after the other callbacks wherever it is listed, so last.pt holds the count of the epoch.
     train, val = DataLoader(_blobs(16), batch_size=8), DataLoader(_blobs(8, 1), batch_size=8)
     whole = EarlyStopping("val/loss", patience=3)
     history = _trainer(_mlp(), sgd=True, lr=0.0, callbacks=[whole]).fit(train, val, epochs=10)
 
+    def callbacks(stop: EarlyStopping) -> list[Callback]:
+        return [ModelCheckpoint(), stop] if checkpoint_first else [stop]
+
     first = EarlyStopping("val/loss", patience=3)
-    _trainer(_mlp(), sgd=True, lr=0.0, callbacks=[first], run_dir=tmp_path / "run").fit(train, val, epochs=2)
+    _trainer(_mlp(), sgd=True, lr=0.0, callbacks=callbacks(first), run_dir=tmp_path / "run").fit(train, val, epochs=2)
     assert first.state_dict() == {"best": history[0]["val/loss"], "wait": 1}
     resumed = EarlyStopping("val/loss", patience=3)
-    trainer = _trainer(_mlp(), sgd=True, lr=0.0, callbacks=[resumed], run_dir=tmp_path / "run")
+    trainer = _trainer(_mlp(), sgd=True, lr=0.0, callbacks=callbacks(resumed), run_dir=tmp_path / "run")
     assert trainer.fit(train, val, epochs=10, resume="last") == history
     assert len(history) == 4 and resumed.stopped_epoch == whole.stopped_epoch == 4
 

@@ -34,11 +34,19 @@ class Callback:
     A callback with state to keep across a resume implements ``state_dict``/``load_state_dict``
     (tensors and plain types only, so checkpoints load with ``weights_only=True``).
 
+    Callbacks run in the order given, except that a higher :attr:`order` runs later:
+    ``ModelCheckpoint`` has 100, so the checkpoint it writes at an epoch's end holds the state that the
+    other callbacks (``EarlyStopping``'s count, say) updated for that epoch, wherever it is in the list.
+
     Example:
         >>> class PrintLoss(Callback):
         ...     def on_epoch_end(self, trainer, logs):
         ...         print(f"epoch {logs['epoch']}: {logs['train/loss']:.3f}")
+        >>> PrintLoss.order
+        0
     """
+
+    order: int = 0
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Called once when ``fit`` starts, after a resume has been loaded.
@@ -138,10 +146,11 @@ class CallbackList:
                     f"implement any of {', '.join(HOOKS)} on a Callback subclass"
                 )
         self.callbacks = list(callbacks)
-        self._by_hook = {hook: [cb for cb in self.callbacks if _overrides(cb, hook)] for hook in HOOKS}
+        ordered = sorted(self.callbacks, key=lambda cb: cb.order)  # stable: the given order otherwise
+        self._by_hook = {hook: [cb for cb in ordered if _overrides(cb, hook)] for hook in HOOKS}
 
     def dispatch(self, hook: str, *args: Any) -> None:
-        """Call ``hook`` on every callback that overrides it, in order.
+        """Call ``hook`` on every callback that overrides it, in order (by ``order``, then as given).
 
         Example:
             >>> CallbackList([]).dispatch("on_fit_end", None)

@@ -46,6 +46,8 @@ class ModelCheckpoint(Callback):
         >>> ckpt = ModelCheckpoint(monitor="val/miou", mode="max", every_n_steps=500)
     """
 
+    order = 100  # after the other callbacks: last.pt holds the state they updated for the epoch
+
     def __init__(
         self,
         dirpath: str | os.PathLike[str] | None = None,
