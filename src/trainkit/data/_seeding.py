@@ -150,7 +150,8 @@ def set_epoch(loader_or_dataset: Any, epoch: int) -> None:
         seen.add(id(obj))
         if isinstance(obj, DataLoader):
             visit(obj.dataset)
-            for sampler in (obj.sampler, obj.batch_sampler, getattr(obj.batch_sampler, "sampler", None)):
+            samplers: tuple[Any, ...] = (obj.sampler, obj.batch_sampler, getattr(obj.batch_sampler, "sampler", None))
+            for sampler in samplers:
                 if sampler is not None and id(sampler) not in seen and callable(getattr(sampler, "set_epoch", None)):
                     seen.add(id(sampler))
                     sampler.set_epoch(epoch)

@@ -89,8 +89,9 @@ class ResumableBatchSampler(Sampler[list[Any]]):
         """
         self.epoch = int(epoch)
         for obj in (self.batch_sampler, getattr(self.batch_sampler, "sampler", None)):
-            if callable(getattr(obj, "set_epoch", None)):
-                obj.set_epoch(epoch)
+            set_epoch = getattr(obj, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
                 return
 
     def __len__(self) -> int:
@@ -178,7 +179,7 @@ class TrainLoader:
         if rebuilt is None and isinstance(loader, DataLoader):
             _warn_not_rebuilt(loader, dist, seeded)
         self.loader: Iterable[Any] = rebuilt if rebuilt is not None else loader
-        self.sampler = rebuilt.batch_sampler if rebuilt is not None else None
+        self.sampler: ResumableBatchSampler | None = rebuilt.batch_sampler if rebuilt is not None else None  # type: ignore[assignment]  # rebuild_loader puts one there
 
     @property
     def num_batches(self) -> int | None:
@@ -364,6 +365,6 @@ def _set_states(batch_sampler: Any, state: dict[str, Any]) -> None:
     for name, gen in _generators(batch_sampler).items():
         if f"generator/{name}" in state:
             gen.set_state(state[f"generator/{name}"])
-    sampler = getattr(batch_sampler, "sampler", None)
-    if "sampler_epoch" in state and hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(state["sampler_epoch"])
+    set_epoch = getattr(getattr(batch_sampler, "sampler", None), "set_epoch", None)
+    if "sampler_epoch" in state and callable(set_epoch):
+        set_epoch(state["sampler_epoch"])

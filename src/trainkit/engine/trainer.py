@@ -142,14 +142,16 @@ class Trainer:
         check_args(model, optimizer, loss_fn, scheduler_interval, grad_accum, clip_grad_norm, on_nan)
         self.device = local_device(resolve_device(device))  # under torchrun, "cuda" is the local rank's GPU
         self.dist = DistributedContext.detect(self.device)
-        self.module = (
-            model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
-        )
+        self.module = model.to(self.device)
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
         if isinstance(loss_fn, nn.Module):
             loss_fn = loss_fn.to(self.device)
-        self.model = self.dist.wrap_model(self.module, self.device, sync_batchnorm=sync_batchnorm, **(ddp_kwargs or {}))
-        if compile:
-            self.model = torch.compile(self.model, **(compile if isinstance(compile, dict) else {}))
+        self.model: nn.Module = self.dist.wrap_model(
+            self.module, self.device, sync_batchnorm=sync_batchnorm, **(ddp_kwargs or {})
+        )
+        if compile:  # an OptimizedModule: an nn.Module that runs the compiled graph
+            self.model = torch.compile(self.model, **(compile if isinstance(compile, dict) else {}))  # type: ignore[assignment]
         self.optimizer, self.loss_fn, self.scheduler = optimizer, loss_fn, scheduler
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         self.precision = MixedPrecision(amp, self.device)
@@ -374,10 +376,9 @@ class Trainer:
             >>> sorted(t.evaluate([(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]))
             ['loss']
         """
-        loader = prepare_eval_loader(loader, self.dist, device=self.device)
         return evaluate(
             self.model,
-            loader,
+            self.dist.shard_eval_loader(loader, pin_memory=self.device.type == "cuda"),
             metrics=self.val_metrics,
             device=self.device,
             precision=self.precision,
