@@ -4,6 +4,7 @@ the CSV logger, RNG state round trips."""
 from __future__ import annotations
 
 import random
+import warnings
 from collections import OrderedDict, namedtuple
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torchvision import tv_tensors
 
 import trainkit.utils
 from trainkit.data import collate, collate_instances
-from trainkit.engine._step import split_batch
+from trainkit.engine._step import BatchFixer, split_batch
 from trainkit.utils.batch import (
     BATCH,
     INPUT,
@@ -29,6 +30,7 @@ from trainkit.utils.batch import (
     map_tensors,
 )
 from trainkit.utils.device import move_to_device, resolve_device
+from trainkit.utils.dtypes import batch_dtype, to_batch_dtype
 from trainkit.utils.logging import CSVLogger, TensorBoardLogger
 from trainkit.utils.seed import get_rng_state, seed_everything, set_rng_state
 
@@ -284,6 +286,72 @@ def test_collate_instances_keeps_a_detection_targets_fields_by_the_table() -> No
 )
 def test_batch_size_of(batch: object, size: int) -> None:
     assert batch_size_of(batch) == size
+
+
+# ----------------------------------------------------------------------------- the dtype contract
+
+
+@pytest.mark.parametrize(
+    ("tensor", "role", "kwargs", "dtype"),
+    [
+        (torch.zeros(2, dtype=torch.uint8), INPUT, {}, torch.uint8),  # images stay uint8
+        (torch.zeros(2, dtype=torch.float64), INPUT, {}, torch.float32),
+        (torch.zeros(2, dtype=torch.float16), INPUT, {}, torch.float16),
+        (torch.zeros(2, dtype=torch.float64), INPUT, {"input_dtype": torch.bfloat16}, torch.bfloat16),
+        (torch.zeros(2), BATCH, {"input_dtype": torch.float64}, torch.float64),
+        (torch.zeros(2, dtype=torch.int32), INPUT, {"input_dtype": torch.float32}, torch.int32),
+        (torch.zeros(2, dtype=torch.int32), INPUT, {}, torch.int32),
+        (torch.zeros(2, dtype=torch.uint8), TARGET, {}, torch.int64),
+        (torch.zeros(2, dtype=torch.bool), TARGET, {}, torch.int64),
+        (torch.zeros(2, dtype=torch.uint8), TARGET, {"class_ids": False}, torch.uint8),
+        (torch.zeros(2, dtype=torch.float64), TARGET, {}, torch.float32),  # float targets stay float
+        (torch.zeros(2, dtype=torch.float64), TARGET, {"input_dtype": torch.float16}, torch.float32),
+        (tv_tensors.Mask(torch.zeros(2, dtype=torch.int32)), INPUT, {}, torch.int64),  # a Mask is class ids anywhere
+        (tv_tensors.Mask(torch.zeros(2, dtype=torch.bool)), KEEP, {}, torch.bool),  # ... but a detection target's
+        (torch.zeros(2, dtype=torch.int32), KEEP, {}, torch.int32),
+        (torch.zeros(2, dtype=torch.float64), KEEP, {}, torch.float32),
+        (torch.zeros(2, dtype=torch.complex64), TARGET, {}, torch.complex64),
+    ],
+)
+def test_batch_dtype_table(tensor: torch.Tensor, role: str, kwargs: dict, dtype: torch.dtype) -> None:
+    assert batch_dtype(tensor, role, **kwargs) == dtype
+    assert to_batch_dtype(tensor, role, **kwargs).dtype == dtype
+
+
+def test_to_batch_dtype_decides_float_class_ids_by_their_values() -> None:
+    whole, half = torch.tensor([0.0, 3.0], dtype=torch.float64), torch.tensor([0.0, 0.5])
+    mask = to_batch_dtype(tv_tensors.Mask(whole), TARGET)
+    assert type(mask) is tv_tensors.Mask and mask.dtype == torch.int64 and mask.tolist() == [0, 3]
+    assert to_batch_dtype(tv_tensors.Mask(half), TARGET).dtype == torch.float32  # a soft mask
+    assert to_batch_dtype(tv_tensors.Mask(whole), KEEP).dtype == torch.float32
+    assert to_batch_dtype(whole, TARGET).dtype == torch.float32  # not a Mask: BCE targets
+    assert to_batch_dtype(whole, TARGET, class_ids=True).tolist() == [0, 3]  # the loss takes class ids
+    assert to_batch_dtype(half, TARGET, class_ids=True).dtype == torch.float32  # the caller raises for these
+    assert to_batch_dtype(tv_tensors.Mask(whole), TARGET, class_ids=False).dtype == torch.float32
+    ready = torch.zeros(2, dtype=torch.int64)
+    assert to_batch_dtype(ready, TARGET) is ready
+    from_numpy = to_batch_dtype(np.array([1, 2], dtype=np.uint8), TARGET)
+    assert from_numpy.dtype == torch.int64 and from_numpy.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        torch.tensor([1, 0], dtype=torch.uint8),
+        torch.tensor([1, 0], dtype=torch.int32),
+        torch.tensor([True, False]),
+        tv_tensors.Mask(torch.tensor([1.0, 0.0])),
+    ],
+    ids=["uint8", "int32", "bool", "float-mask"],
+)
+def test_collate_and_the_trainers_batch_fixer_give_the_same_targets(target: torch.Tensor) -> None:
+    inputs = torch.zeros(2, 3, 2, dtype=torch.float64)  # [N, C, L]: targets [N, L] are class ids, not probabilities
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each says once what it converted
+        collated = collate([(inputs[0], target), (inputs[1], target)])
+        fixed = BatchFixer(torch.nn.Linear(3, 2), torch.nn.CrossEntropyLoss())((inputs, torch.stack([target] * 2)))
+    assert collated[1].dtype == fixed[1].dtype == torch.int64 and torch.equal(collated[1], fixed[1])
+    assert collated[0].dtype == fixed[0].dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------- logging

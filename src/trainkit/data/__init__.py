@@ -13,6 +13,7 @@ from trainkit.data.collate import collate, collate_instances
 from trainkit.data.dataset import ClassDict, SegmentationDataset, read_class_dict
 from trainkit.data.synthetic import make_shapes
 from trainkit.errors import DataError, DecodeError, MaskValueError, PairingError
+from trainkit.utils.dtypes import batch_dtype, to_batch_dtype  # the dtype contract collate applies
 
 __all__ = [
     "CheckReport",
@@ -22,6 +23,7 @@ __all__ = [
     "MaskValueError",
     "PairingError",
     "SegmentationDataset",
+    "batch_dtype",
     "check",
     "collate",
     "collate_instances",
@@ -29,5 +31,6 @@ __all__ = [
     "read_class_dict",
     "sample_rng",
     "set_epoch",
+    "to_batch_dtype",
     "transforms",
 ]

@@ -1,7 +1,9 @@
 """Batching samples into tensors with the dtypes a loss expects.
 
-Rules, applied while stacking (one copy per field, into shared memory inside DataLoader workers, as
-``torch.utils.data.default_collate`` does):
+The dtype rules are the batch's dtype contract, written once in :func:`trainkit.utils.dtypes.to_batch_dtype`
+(also ``trainkit.data.to_batch_dtype``) and applied here while stacking (one copy per field, into shared
+memory inside DataLoader workers, as ``torch.utils.data.default_collate`` does); the ``Trainer`` applies the
+same function to batches of a collate of the user's. In short:
 
 * NumPy arrays and scalars become tensors (``torch.from_numpy``); Python floats become float32.
 * float64 becomes float32 everywhere.
@@ -29,7 +31,8 @@ from torch.utils.data import get_worker_info
 from torchvision import tv_tensors
 
 from trainkit.errors import DataError
-from trainkit.utils.batch import BATCH, KEEP, TARGET, TARGET_KEYS, key_role, map_tensors
+from trainkit.utils.batch import BATCH, TARGET_KEYS, key_role, map_tensors
+from trainkit.utils.dtypes import batch_dtype, to_batch_dtype
 
 __all__ = ["TARGET_KEYS", "collate", "collate_instances"]  # TARGET_KEYS: the table's, kept importable from here
 
@@ -132,10 +135,12 @@ _ARRAYS = (np.ndarray, np.generic)
 
 
 def _fix_dtype(value: Any, role: str) -> torch.Tensor:
-    """One tensor (or NumPy array) of one sample with the batch dtype of its role, not stacked."""
-    tensor = torch.from_numpy(np.asarray(value)) if isinstance(value, _ARRAYS) else value
-    dtype = _batch_dtype(tensor, role)
-    return tensor if dtype == tensor.dtype else tensor.to(dtype)
+    """One tensor (or NumPy array) of one sample in its batch dtype, not stacked (``collate_instances``)."""
+    fixed = to_batch_dtype(value, role)
+    was_float = value.dtype.kind == "f" if isinstance(value, _ARRAYS) else value.is_floating_point()
+    if was_float and not fixed.is_floating_point():
+        _warn_float_ids("`collate_instances`: a sample")
+    return fixed
 
 
 def _collate(items: list[Any], role: str, where: str) -> Any:
@@ -169,43 +174,34 @@ def _collate(items: list[Any], role: str, where: str) -> Any:
     return list(items)
 
 
-def _batch_dtype(first: torch.Tensor, role: str) -> torch.dtype:
-    class_ids = role != KEEP and (isinstance(first, tv_tensors.Mask) or role == TARGET)
-    if class_ids and not first.is_floating_point() and not first.is_complex():
-        return torch.int64
-    return torch.float32 if first.dtype == torch.float64 else first.dtype
-
-
 def _stack(tensors: list[torch.Tensor], role: str, where: str) -> torch.Tensor:
     first = tensors[0]
     shape = first.shape
     if any(t.shape != shape for t in tensors):
         raise DataError(_shape_message(tensors, where))
-    dtype = _batch_dtype(first, role)
+    dtype = batch_dtype(first, role)
     out = None
     if get_worker_info() is not None:  # write the batch straight into shared memory, as default_collate does
         storage = torch.UntypedStorage._new_shared(len(tensors) * first.numel() * dtype.itemsize)
         out = torch.empty(0, dtype=dtype).set_(storage).view(len(tensors), *shape)
     batch = torch.stack([t.as_subclass(torch.Tensor) for t in tensors], out=out).to(dtype)
-    if isinstance(first, tv_tensors.Mask) and batch.is_floating_point() and role != KEEP:
-        batch = _float_mask_to_ids(batch, where)
     if isinstance(first, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.Video)):
-        return tv_tensors.wrap(batch, like=first)
-    return batch
+        batch = tv_tensors.wrap(batch, like=first)
+    fixed = to_batch_dtype(batch, role)  # the dtype is the contract's already; float class ids need their values
+    if fixed is not batch:
+        _warn_float_ids(f"`collate`: {where}")
+    return fixed
 
 
-def _float_mask_to_ids(batch: torch.Tensor, where: str) -> torch.Tensor:
+def _warn_float_ids(where: str) -> None:
     global _warned_float_masks
-    if not torch.equal(batch, batch.round()):
-        return batch  # soft masks: not class ids
     if not _warned_float_masks:
         _warned_float_masks = True
         warnings.warn(
-            f"`collate`: {where} holds float class ids; converted to int64 for the loss. Build masks as integers "
+            f"{where} holds float class ids; converted to int64 for the loss. Build masks as integers "
             "(e.g. `tv_tensors.Mask(torch.from_numpy(mask).long())`, not `TF.to_tensor(mask)`)",
-            stacklevel=3,
+            stacklevel=4,
         )
-    return batch.to(torch.int64)
 
 
 def _shape_message(tensors: list[torch.Tensor], where: str) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 
 from trainkit.errors import TrainingError
 from trainkit.utils.batch import INPUT, INPUT_KEYS, TARGET, TARGET_KEYS, key_for
+from trainkit.utils.dtypes import to_batch_dtype
 
 StepFn = Callable[[Any], Any]
 
@@ -82,14 +83,27 @@ def is_class_index_loss(loss_fn: Any) -> bool:
 
 
 class BatchFixer:
-    """Fix a CPU batch's dtypes where the fix is unambiguous, warning once per kind of fix.
+    """Apply the batch dtype contract to an ``(inputs, targets)`` batch of a collate of the user's; warn once a kind.
 
-    * floating (float64) inputs when the model's weights are another floating dtype → the model's dtype
-      (the notes' ``expected scalar type Double but found Float``);
-    * class-index targets for CrossEntropy-like losses stored as floats with integral values, or as
-      uint8/int32 → int64 (``expected scalar type Long``). Non-integral float targets raise.
+    The rules are :func:`trainkit.utils.dtypes.to_batch_dtype`'s, the function ``trainkit.data.collate``
+    stacks with; this class only says what it knows about the run and explains:
+
+    * floating inputs (float64 from NumPy) take the model's dtype (``input_dtype=``; the notes' ``expected
+      scalar type Double but found Float``);
+    * for CrossEntropy-like losses the targets are class ids (``class_ids=True``): integer, bool and
+      whole-number float targets become int64 (``expected scalar type Long``), fractional ones raise, and
+      ``[N, C, ...]`` float targets are left alone as the class probabilities these losses also take.
 
     Runs on the CPU before the host-to-device copy, so it costs no device synchronisation.
+
+    Example:
+        >>> import warnings
+        >>> fixer = BatchFixer(torch.nn.Linear(2, 3), torch.nn.CrossEntropyLoss())
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     inputs, targets = fixer((torch.zeros(1, 2, dtype=torch.float64), torch.tensor([2.0])))
+        >>> inputs.dtype, targets, [str(w.message).split(" but ")[0] for w in caught]
+        (torch.float32, tensor([2]), ['inputs are float64', 'targets are float32'])
     """
 
     def __init__(self, model: nn.Module, loss_fn: Any):
@@ -112,46 +126,42 @@ class BatchFixer:
             return batch
         inputs = self._fix_inputs(inputs)
         targets = self._fix_targets(targets, inputs)
-        return type(batch)((inputs, targets)) if isinstance(batch, tuple) else [inputs, targets]
+        return (inputs, targets) if isinstance(batch, tuple) else [inputs, targets]
 
     def _fix_inputs(self, inputs: Any) -> Any:
         dtype = self.model_dtype
-        if (
-            isinstance(inputs, torch.Tensor)
-            and dtype is not None
-            and inputs.is_floating_point()
-            and inputs.dtype != dtype
-        ):
+        if dtype is None or not isinstance(inputs, torch.Tensor):
+            return inputs
+        fixed = to_batch_dtype(inputs, INPUT, input_dtype=dtype)
+        if fixed is not inputs:
             self._warn_once(
                 "inputs",
                 f"inputs are {_dtype_name(inputs.dtype)} but the model's weights are {_dtype_name(dtype)}; converting "
                 f"inputs to {_dtype_name(dtype)} (NumPy arrays default to float64: convert with `.float()` or use "
                 "`trainkit.data.collate` to stop this warning)",
             )
-            return inputs.to(dtype)
-        return inputs
+        return fixed
 
     def _fix_targets(self, targets: Any, inputs: Any) -> Any:
         if not self.class_targets or not isinstance(targets, torch.Tensor) or targets.dtype == torch.int64:
             return targets
         if targets.is_floating_point() and _are_class_probabilities(targets, inputs):
             return targets  # CrossEntropyLoss also takes [N, C(, H, W)] probabilities (one-hot, label smoothing, mixup)
-        if targets.is_floating_point():
-            if not torch.equal(targets, targets.round()):
-                raise TrainingError(
-                    f"targets are {_dtype_name(targets.dtype)} with non-integer values, but {self.loss_name} needs "
-                    "int64 class ids of shape [N, H, W] (or [N]); pass class ids (`target.long()`), or use a loss for "
-                    "soft targets"
-                )
-        elif targets.dtype == torch.bool or targets.is_complex():
-            return targets
-        self._warn_once(
-            "targets",
-            f"targets are {_dtype_name(targets.dtype)} but {self.loss_name} needs int64 class ids; converting them "
-            "with `.long()` (the notes' 'expected scalar type Long' error). Return int64 targets from the dataset, or "
-            "use `trainkit.data.collate`, to stop this warning",
-        )
-        return targets.to(torch.int64)  # `.to` keeps a tv_tensors.Mask a Mask; `.long()` does not
+        fixed = to_batch_dtype(targets, TARGET, class_ids=True)
+        if fixed.is_floating_point():
+            raise TrainingError(
+                f"targets are {_dtype_name(targets.dtype)} with non-integer values, but {self.loss_name} needs "
+                "int64 class ids of shape [N, H, W] (or [N]); pass class ids (`target.long()`), or use a loss for "
+                "soft targets"
+            )
+        if fixed is not targets:
+            self._warn_once(
+                "targets",
+                f"targets are {_dtype_name(targets.dtype)} but {self.loss_name} needs int64 class ids; converting "
+                "them with `.long()` (the notes' 'expected scalar type Long' error). Return int64 targets from the "
+                "dataset, or use `trainkit.data.collate`, to stop this warning",
+            )
+        return fixed
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
