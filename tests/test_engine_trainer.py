@@ -791,6 +791,8 @@ def test_model_checkpoint_keep_last_rotates_and_every_n_steps_writes_mid_epoch(t
     seen_steps = []
 
     class Peek(Callback):
+        order = 200  # after ModelCheckpoint (100), which otherwise runs after every other callback
+
         def on_train_batch_end(self, trainer, state, output):
             last = tmp_path / "checkpoints" / "last.pt"
             seen_steps.append(trainkit.load_checkpoint(last)["global_step"] if last.exists() else None)

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, get_worker_info
 
-from trainkit.data._seeding import sample_rng, seed_sample
+from trainkit.utils.seed import sample_rng, seed_sample
 
 __all__ = ["SeededDataset", "Seeding", "seeded_dataset"]
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "seed_everything", "set_rng_state"]
+__all__ = ["get_rng_state", "sample_rng", "sample_seed", "seed_everything", "seed_sample", "set_rng_state"]
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> int:
@@ -95,3 +97,79 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One step of SplitMix64: a fast 64-bit mixer whose outputs for nearby inputs look independent."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed that is a fixed function of ``(seed, epoch, index)`` and differs when any of them does.
+
+    Example:
+        >>> sample_seed(0, 0, 1) != sample_seed(0, 0, 2) != sample_seed(0, 1, 1)
+        True
+    """
+    mixed = _splitmix64(seed & _MASK64)
+    mixed = _splitmix64(mixed ^ (epoch & _MASK64))
+    return _splitmix64(mixed ^ (index & _MASK64))
+
+
+def seed_sample(seed: int, epoch: int, position: int) -> None:
+    """Seed torch's default CPU generator, NumPy's legacy global RNG and ``random`` for one sample.
+
+    The cheap half of :func:`sample_rng`, for a process whose RNG belongs to the data loading (a
+    DataLoader worker): about 8 us, against ~135 us for ``torch.manual_seed`` (which seeds every device)
+    plus saving and restoring NumPy's state. CUDA generators are not touched.
+
+    Example:
+        >>> seed_sample(0, epoch=1, position=7); a = (torch.rand(1), np.random.rand(), random.random())
+        >>> seed_sample(0, epoch=1, position=7); b = (torch.rand(1), np.random.rand(), random.random())
+        >>> torch.equal(a[0], b[0]) and a[1:] == b[1:]
+        True
+    """
+    derived = sample_seed(seed, epoch, position)
+    torch.default_generator.manual_seed(derived)
+    random.seed(derived & 0xFFFFFFFF)  # a 32-bit seed costs `random` 5 us instead of 8
+    np.random.seed(derived >> 32)  # NumPy's legacy seed must fit in 32 bits
+
+
+@contextmanager
+def sample_rng(seed: int, epoch: int, position: int) -> Iterator[None]:
+    """Run a block with the global RNGs seeded for one sample (:func:`seed_sample`), then restore them.
+
+    The outer states are saved on entry and restored on exit, so the block neither depends on nor consumes
+    the global random streams: the same ``(seed, epoch, position)`` gives the same draws in any process, any
+    DataLoader worker, in any order. The ``Trainer`` uses it in the main process with
+    ``Seeding(sample_seeding="always")``.
+
+    Args:
+        seed: The run's seed.
+        epoch: The current epoch.
+        position: The sample's position in the epoch's order (or any other number that identifies it).
+
+    Example:
+        >>> with sample_rng(0, epoch=1, position=7):
+        ...     a = torch.rand(2)
+        >>> with sample_rng(0, epoch=1, position=7):
+        ...     b = torch.rand(2)
+        >>> torch.equal(a, b)
+        True
+    """
+    torch_state = torch.get_rng_state()
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    try:
+        seed_sample(seed, epoch, position)
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
