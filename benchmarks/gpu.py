@@ -212,7 +212,7 @@ def main() -> None:
     results["overhead"] = {"hand_ms": hand, "trainkit_ms": tk, "ratio": ratio}
 
     print("\nnext-batch copy on a side stream (bf16, channels_last), median step time")
-    from trainkit.engine import _prefetch
+    from trainkit.engine import batches as _prefetch
 
     on, off = [], []
     for _ in range(args.repeats):

@@ -13,9 +13,8 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from trainkit.engine import _prefetch
-from trainkit.engine._prefetch import device_batches
-from trainkit.engine._step import BatchFixer
+from trainkit.engine import batches as _prefetch
+from trainkit.engine.batches import BatchFixer, device_batches
 
 
 def test_cpu_path_moves_fixes_and_transforms_each_batch() -> None:

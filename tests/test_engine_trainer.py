@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import trainkit
 from trainkit.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from trainkit.engine.loops import LoopState, _finite_or_record, raise_if_nonfinite, train_one_epoch
+from trainkit.engine.loop_state import LoopState, _finite_or_record, raise_if_nonfinite
+from trainkit.engine.loops import train_one_epoch
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
 from trainkit.errors import NonFiniteLossError, TrainingError

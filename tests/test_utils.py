@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 
 import trainkit.utils
 from trainkit.data import collate, collate_instances
-from trainkit.engine._step import BatchFixer, split_batch
+from trainkit.engine.batches import BatchFixer, split_batch
 from trainkit.utils.batch import (
     BATCH,
     INPUT,

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainkit.engine._step import StepOutput
 from trainkit.engine.loop_state import LoopState, check_learning_rates, loss_totals, mean_of
 from trainkit.engine.loops import train_one_epoch
 from trainkit.engine.progress import Progress
+from trainkit.engine.step import StepOutput
 
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from trainkit.engine._step import first_line as _first_line
+from trainkit.engine.step import first_line as _first_line
 from trainkit.errors import CheckpointError
 
 __all__ = ["FORMAT_VERSION", "load_checkpoint", "save_checkpoint", "unwrap_model"]

@@ -1,15 +1,12 @@
 """The functional core: ``train_one_epoch``, ``evaluate`` and ``predict``.
 
-One training step, top to bottom (``grad_accum=k`` steps the optimizer every k batches)::
+``train_one_epoch`` in pseudocode (the step itself is :class:`~trainkit.engine.step.TrainStep`)::
 
-    optimizer.zero_grad(set_to_none=True)        # first micro-batch of a group
-    with precision.autocast():
-        loss = loss_fn(model(inputs), targets)   # or your step function
-    precision.backward(loss / k)                 # scaled when fp16
-    precision.unscale_(optimizer); clip_grad_norm_(...)  # when clipping
-    stepped = precision.step(optimizer)          # skipped on inf/NaN gradients under fp16
-    precision.update()
-    if stepped and scheduler_interval == "step": scheduler.step()
+    for batch_size, batch in device_batches(loader, device):   # dtype contract, copy, batch_transform
+        out, loss = step(batch, batch_size, state)             # zero_grad, autocast, backward, clip, step
+        if loss is not None:                                   # None: skipped as non-finite
+            state.add_loss(loss, batch_size); metrics.update(out.outputs, out.targets)
+        state.batch_idx += 1; on_batch_end(state, out); progress bar
 
 Losses and metric counts stay on the device; they are read when the progress bar refreshes
 (at most every 0.1 s) and at the end of the epoch, never once per step.
@@ -25,28 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainkit.engine._prefetch import device_batches
-from trainkit.engine._step import (
-    BatchFixer,
-    StepFn,
-    StepOutput,
-    as_step_output,
-    explain_errors,
-    explained,
-    split_batch,
-)
-from trainkit.engine.loop_state import (
-    LoopState,
-    _finite_on_all_ranks,
-    _finite_or_record,
-    _running_values,
-    check_learning_rates,
-    loss_totals,
-    mean_of,
-    raise_if_nonfinite,
-)
+from trainkit.engine.batches import BatchFixer, device_batches, split_batch
+from trainkit.engine.loop_state import LoopState, _running_values, loss_totals, mean_of, raise_if_nonfinite
 from trainkit.engine.precision import NO_CONTEXT, MixedPrecision
 from trainkit.engine.progress import Progress
+from trainkit.engine.step import StepFn, StepOutput, TrainStep, as_step_output, default_step, explain_errors
 from trainkit.utils.device import move_to_device, resolve_device
 
 __all__ = ["LoopState", "evaluate", "predict", "train_one_epoch"]
@@ -130,57 +110,23 @@ def train_one_epoch(
         state.begin_epoch(state.epoch)
         for metric in metrics.values():
             metric.reset()
-    step = step_fn or default_step(model, loss_fn)
     fixer = BatchFixer(model, loss_fn) if step_fn is None else None
     total = num_batches if num_batches is not None else _len_or_none(loader)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    check_now = device.type == "cpu" or on_nan == "skip"
-    group_has_grad = False
-    no_sync = getattr(model, "no_sync", None)  # looked up once: a missing nn.Module attribute is slow to find
+    step = TrainStep(
+        model, optimizer, step_fn or default_step(model, loss_fn),
+        precision=precision, scheduler=scheduler, grad_accum=grad_accum, clip_grad_norm=clip_grad_norm,
+        on_nan=on_nan, num_batches=total, check_now=device.type == "cpu" or on_nan == "skip",
+    )  # fmt: skip
     read_values = functools.partial(_running_values, state)
     own_metrics = _all_trainkit(metrics)
-    autocast = precision.autocast()  # entered every step (sequentially: one object serves them all)
 
     was_training = _is_training(model)
     model.train()
     bar.start_batches(total, desc=f"train {state.epoch + 1}", initial=state.batch_idx)
     try:
         for n, batch in device_batches(loader, device, fixer=fixer, transform=batch_transform):
-            i = state.batch_idx
-            group_start = i - i % grad_accum
-            group_len = grad_accum if total is None else min(grad_accum, total - group_start)
-            steps_now = i + 1 - group_start >= group_len
-            if i == group_start:
-                optimizer.zero_grad(set_to_none=True)
-                group_has_grad = False
-            try:
-                with _no_sync_unless(no_sync, steps_now):  # forward and backward of a micro-step
-                    with autocast:
-                        out = as_step_output(step(batch))
-                    loss = _require_loss(out)
-                    finite = _finite_or_record(loss, state, check_now, on_nan)
-                    if on_nan == "skip" and _is_ddp(model):  # all ranks skip together, or DDP's all-reduce hangs
-                        finite = _finite_on_all_ranks(finite, loss.device)
-                    if finite:
-                        precision.backward(loss / group_len if group_len > 1 else loss)
-                        group_has_grad = True
-                if steps_now:
-                    if group_has_grad:  # every micro-batch of the group may have been skipped (on_nan="skip")
-                        if clip_grad_norm is not None:
-                            precision.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                        stepped = precision.step(optimizer)
-                        precision.update()
-                        if stepped and scheduler is not None:
-                            scheduler.step()
-                            check_learning_rates(optimizer, f"after optimizer step {state.global_step + 1}")
-                    state.global_step += 1
-            except (RuntimeError, IndexError, ValueError) as err:  # `explain_errors`, at no cost per step
-                better = explained(err, batch_size=n, where=f"training step {state.global_step} (batch {i})")
-                if better is None:
-                    raise
-                raise better from err
-            if finite:
+            out, loss = step(batch, n, state)
+            if loss is not None:
                 state.add_loss(loss, n)
                 state.metrics_updated |= _update_metrics(metrics, out, own_metrics)
             state.batch_idx += 1
@@ -319,26 +265,6 @@ def predict(
     return outputs
 
 
-def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, *, need_loss: bool = True) -> StepFn:
-    """The step ``loss_fn(model(inputs), targets)`` for ``(inputs, targets)`` batches.
-
-    Example:
-        >>> step = default_step(torch.nn.Identity(), torch.nn.functional.mse_loss)
-        >>> float(step((torch.ones(2), torch.zeros(2)))["loss"])
-        1.0
-    """
-
-    def step(batch: Any) -> dict[str, Any]:
-        inputs, targets = batch if type(batch) in (tuple, list) and len(batch) == 2 else split_batch(batch)
-        outputs = model(inputs)
-        loss = loss_fn(outputs, targets) if loss_fn is not None else None
-        if loss is None and need_loss:
-            raise ValueError("the default training step needs `loss_fn`")
-        return {"loss": loss, "outputs": outputs, "targets": targets}
-
-    return step
-
-
 def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """``{name: float(metric.compute())}``; metrics returning a dict contribute ``name/key`` entries.
 
@@ -382,35 +308,12 @@ def _all_trainkit(metrics: Mapping[str, Any]) -> bool:
     return all(type(metric).__module__.startswith("trainkit.metrics.") for metric in metrics.values())
 
 
-def _require_loss(out: StepOutput) -> torch.Tensor:
-    if not isinstance(out.loss, torch.Tensor):
-        raise TypeError(
-            f"the training step returned loss={type(out.loss).__name__}; it must return a scalar tensor "
-            "(or a dict with 'loss'). A model that returns a dict of losses needs a `training_step` that sums them"
-        )
-    if out.loss.numel() != 1:
-        raise ValueError(
-            f"the loss has shape {tuple(out.loss.shape)}; it must be a scalar. Use reduction='mean' in the loss "
-            "or reduce it in the step"
-        )
-    return out.loss
-
-
 def _inputs_of(batch: Any) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, (tuple, list)) and len(batch) == 1:
         return batch[0]
     return split_batch(batch)[0]
-
-
-def _no_sync_unless(
-    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None, stepping: bool
-) -> contextlib.AbstractContextManager[Any]:
-    """DDP: skip the gradient all-reduce on accumulation micro-steps (``no_sync`` is DDP's ``model.no_sync``)."""
-    if stepping or no_sync is None:
-        return NO_CONTEXT
-    return no_sync()
 
 
 def _distributed() -> bool:
@@ -439,8 +342,3 @@ def _is_training(model: nn.Module) -> bool:
     """The train/eval mode of the user's module (a DDP wrapper keeps a flag of its own, which ``m.eval()`` leaves)."""
     inner = getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
     return inner.module.training if isinstance(inner, nn.parallel.DistributedDataParallel) else model.training
-
-
-def _is_ddp(model: nn.Module) -> bool:
-    inner = getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
-    return isinstance(inner, nn.parallel.DistributedDataParallel)

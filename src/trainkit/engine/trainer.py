@@ -33,19 +33,19 @@ from torch import nn
 from trainkit.engine import checkpoint as ckpt_io
 from trainkit.engine._arguments import check_args, check_not_empty, with_channels_last
 from trainkit.engine._fit_epoch import run_epoch
-from trainkit.engine._step import StepFn
 from trainkit.engine.callbacks import Callback, CallbackList, ModelCheckpoint
 from trainkit.engine.distributed import DistributedContext, local_device
 from trainkit.engine.interrupts import GracefulInterrupt, StopRequested, resume_hint
 from trainkit.engine.loaders import TrainLoader, prepare_eval_loader
 from trainkit.engine.loop_state import LoopState
-from trainkit.engine.loops import default_step, evaluate, predict
+from trainkit.engine.loops import evaluate, predict
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
 from trainkit.engine.resume import checkpoint_state, epoch_sums, restore_checkpoint, start_run
 from trainkit.engine.run_dir import RunDir
 from trainkit.engine.seeding import Seeding
 from trainkit.engine.state import RunState
+from trainkit.engine.step import StepFn, default_step
 from trainkit.utils.device import resolve_device
 
 __all__ = ["Trainer"]

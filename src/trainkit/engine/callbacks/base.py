@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trainkit.engine._step import StepOutput
     from trainkit.engine.loops import LoopState
+    from trainkit.engine.step import StepOutput
     from trainkit.engine.trainer import Trainer
 
 __all__ = ["HOOKS", "Callback", "CallbackList"]

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from trainkit.engine.callbacks.base import Callback
 
 if TYPE_CHECKING:
-    from trainkit.engine._step import StepOutput
     from trainkit.engine.loops import LoopState
+    from trainkit.engine.step import StepOutput
     from trainkit.engine.trainer import Trainer
 
 __all__ = ["LearningRateMonitor"]

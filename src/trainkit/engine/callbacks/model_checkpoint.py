@@ -12,8 +12,8 @@ from trainkit.engine.callbacks.base import Callback
 from trainkit.engine.callbacks.early_stopping import check_mode, is_improvement, monitored_value
 
 if TYPE_CHECKING:
-    from trainkit.engine._step import StepOutput
     from trainkit.engine.loops import LoopState
+    from trainkit.engine.step import StepOutput
     from trainkit.engine.trainer import Trainer
 
 __all__ = ["ModelCheckpoint"]

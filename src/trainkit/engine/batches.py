@@ -1,50 +1,116 @@
-"""What one step computes, and the clear errors for the notes' classic failures.
+"""Batches from the loader to the device: the dtype contract for a user's collate, the copy, the prefetch.
 
-A step function takes a batch already on the device and returns either the loss tensor or a
-mapping with ``"loss"`` and, optionally, ``"outputs"`` and ``"targets"`` (fed to the metrics).
-The default step is ``loss_fn(model(inputs), targets)`` for ``(inputs, targets)`` batches.
+:func:`device_batches` yields ``(batch_size, batch_on_device)``: :class:`BatchFixer` applies the batch dtype
+contract (``trainkit.utils.dtypes``, the rules ``trainkit.data.collate`` stacks with) on the CPU, the batch
+is copied with the one walker of ``trainkit.utils.batch``, and the on-device ``batch_transform`` runs. On
+CUDA the copy (and transform) of batch ``i + 1`` is issued on a side stream before batch ``i`` is handed
+to the step, so the copy runs while the GPU computes; the compute stream waits for it with an event,
+never with a host synchronisation. Elsewhere batches are moved one at a time.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from trainkit.errors import TrainingError
-from trainkit.utils.batch import INPUT, INPUT_KEYS, TARGET, TARGET_KEYS, key_for
+from trainkit.utils.batch import (
+    INPUT,
+    INPUT_KEYS,
+    TARGET,
+    TARGET_KEYS,
+    batch_size_of,
+    key_for,
+    map_tensors,
+    move_to_device,
+)
 from trainkit.utils.dtypes import to_batch_dtype
 
-StepFn = Callable[[Any], Any]
+__all__ = ["BatchFixer", "device_batches", "is_class_index_loss", "split_batch"]
+
+_END = object()
+
+OVERLAP = True
+"""Copy the next batch on a side stream on CUDA (``benchmarks/gpu.py`` turns it off to measure the gain)."""
 
 
-@dataclass
-class StepOutput:
-    """The normalised result of a step: the loss and what the metrics need."""
+def device_batches(
+    loader: Iterable[Any],
+    device: torch.device,
+    *,
+    fixer: Callable[[Any], Any] | None = None,
+    transform: Callable[[Any], Any] | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(batch_size, batch_on_device)`` for every batch of ``loader``.
 
-    loss: torch.Tensor | None
-    outputs: Any = None
-    targets: Any = None
+    ``fixer`` runs on the CPU batch (dtype fixes cost no device sync there); ``transform`` runs on
+    the device batch.
+
+    Example:
+        >>> [n for n, _ in device_batches([torch.zeros(2, 3), torch.zeros(1, 3)], torch.device("cpu"))]
+        [2, 1]
+    """
+    if device.type != "cuda" or not OVERLAP:
+        for batch in loader:
+            n, moved = _to_device(batch, device, fixer, transform)
+            yield n, moved
+        return
+    yield from _prefetched(loader, device, fixer, transform)
 
 
-def as_step_output(result: Any) -> StepOutput:
-    """Accept a loss tensor, a ``StepOutput`` or a mapping with ``"loss"``/``"outputs"``/``"targets"``."""
-    if isinstance(result, StepOutput):
-        return result
-    if isinstance(result, torch.Tensor):
-        return StepOutput(loss=result)
-    if type(result) is dict or isinstance(result, Mapping):  # a plain dict skips the slower abstract-class check
-        return StepOutput(loss=result.get("loss"), outputs=result.get("outputs"), targets=result.get("targets"))
-    if result is None:
-        return StepOutput(loss=None)
-    raise TypeError(
-        f"a training/validation step returned {type(result).__name__}; return the loss tensor or a dict "
-        "with 'loss' (and optionally 'outputs' and 'targets' for metrics)"
-    )
+def _to_device(
+    batch: Any, device: torch.device, fixer: Callable[[Any], Any] | None, transform: Callable[[Any], Any] | None
+) -> tuple[int, Any]:
+    n = batch_size_of(batch)
+    if fixer is not None:
+        batch = fixer(batch)
+    batch = move_to_device(batch, device)
+    return n, (transform(batch) if transform is not None else batch)
+
+
+def _prefetched(
+    loader: Iterable[Any],
+    device: torch.device,
+    fixer: Callable[[Any], Any] | None,
+    transform: Callable[[Any], Any] | None,
+) -> Iterator[tuple[int, Any]]:
+    side = torch.cuda.Stream(device)
+    main = torch.cuda.current_stream(device)
+    iterator = iter(loader)
+
+    def load(batch: Any) -> tuple[int, Any]:
+        side.wait_stream(main)  # do not overwrite memory the main stream may still read
+        with torch.cuda.stream(side):
+            return _to_device(batch, device, fixer, transform)
+
+    upcoming = next(iterator, _END)
+    if upcoming is _END:
+        return
+    pending = load(upcoming)
+    while True:
+        main.wait_stream(side)
+        n, batch = pending
+        _record(batch, main)
+        upcoming = next(iterator, _END)
+        if upcoming is not _END:
+            pending = load(upcoming)  # issued before this batch's step: the copy overlaps the compute
+        yield n, batch
+        if upcoming is _END:
+            return
+
+
+def _record(batch: Any, stream: torch.cuda.Stream) -> None:
+    """Tell the caching allocator that tensors made on the side stream are used on ``stream``."""
+
+    def record(tensor: torch.Tensor) -> None:
+        if tensor.is_cuda:
+            tensor.record_stream(stream)
+
+    map_tensors(batch, record)
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -178,112 +244,3 @@ def _are_class_probabilities(targets: torch.Tensor, inputs: Any) -> bool:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-class explain_errors:
-    """Re-raise the notes' classic failures as :class:`TrainingError` with the fix in the message.
-
-    A plain class rather than ``@contextlib.contextmanager``, which costs a generator a step; the
-    training loop catches with ``try``/``except`` and :func:`explained` instead, which costs nothing
-    until something is raised.
-
-    Example:
-        >>> with explain_errors(batch_size=8, where="training step 0"):
-        ...     torch.zeros(2, 3) @ torch.zeros(2, 3)
-        Traceback (most recent call last):
-        ...
-        trainkit.errors.TrainingError: training step 0 failed: the inputs' shape does not fit the model: ...
-    """
-
-    __slots__ = ("batch_size", "where")
-
-    def __init__(self, *, batch_size: int | None, where: str) -> None:
-        self.batch_size, self.where = batch_size, where
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> Literal[False]:
-        better = explained(err, batch_size=self.batch_size, where=self.where) if err is not None else None
-        if better is not None:
-            raise better from err
-        return False
-
-
-def explained(err: BaseException, *, batch_size: int | None, where: str) -> TrainingError | None:
-    """The :class:`TrainingError` that explains ``err`` (raised during ``where``), or ``None`` to re-raise it as is.
-
-    Example:
-        >>> print(explained(RuntimeError("Target 7 is out of bounds."), batch_size=4, where="training step 3"))
-        training step 3 failed: a target class id is >= the number of output channels; ... Original error: Target 7 ...
-    """
-    if isinstance(err, torch.OutOfMemoryError):
-        size = f"batch size {batch_size}" if batch_size else "this batch"
-        return TrainingError(
-            f"out of memory during {where} with {size}: lower `batch_size` (e.g. to {max(1, (batch_size or 2) // 2)}) "
-            "and keep the effective batch with `grad_accum=`, turn on `amp='auto'`, use smaller inputs (`size=`) or "
-            f"a smaller model. Original error: {first_line(err)}"
-        )
-    if isinstance(err, (RuntimeError, IndexError, ValueError)):  # torch raises ValueError for some shape mismatches
-        hint = _hint_for(str(err))
-        if hint is not None:
-            return TrainingError(f"{where} failed: {hint}. Original error: {first_line(err)}")
-    return None
-
-
-def _hint_for(message: str) -> str | None:
-    text = message.lower()
-    if "expected target dtype to be long" in text or "expected scalar type long" in text:
-        return (
-            "the loss needs int64 class-id targets (CrossEntropyLoss/NLLLoss) but got another dtype; convert with "
-            "`target.long()` or return int64 masks from the dataset (`trainkit.data.collate` does this)"
-        )
-    if ("must have the same dtype" in text or "should be the same" in text or "expected scalar type" in text) and (
-        "double" in text or "half" in text or "bfloat16" in text or "float" in text
-    ):
-        return (
-            "the inputs and the model's weights have different dtypes (the notes' 'expected scalar type Double but "
-            "found Float': NumPy arrays are float64); convert inputs with `.float()` or use `trainkit.data.collate`"
-        )
-    if (
-        "same device" in text
-        or "expected device" in text
-        or "is not on the expected device" in text
-        or ("input type" in text and "weight type" in text)
-    ):
-        return (
-            "tensors are on two devices; let the Trainer move batches (`device=`), create extra tensors with "
-            "`device=inputs.device`, and move the loss's own tensors (e.g. class `weight=`) with `loss_fn.to(device)`"
-        )
-    if ("out of bounds" in text and "target" in text) or "device-side assert" in text:
-        return (
-            "a target class id is >= the number of output channels; check `num_classes`/`out_channels` against the "
-            "mask values (run `trainkit check`), and map void pixels to `ignore_index`"
-        )
-    if any(s in text for s in _TARGET_SHAPE_ERRORS):
-        return (
-            "the targets' shape does not fit the model's outputs in `loss_fn`: CrossEntropyLoss takes [N, C, H, W] "
-            "logits with [N, H, W] int64 class ids at the same H, W (drop a mask channel with `mask.squeeze(1)`; "
-            "resize masks together with images in a joint transform)"
-        )
-    if any(s in text for s in _INPUT_SHAPE_ERRORS):
-        return (
-            "the inputs' shape does not fit the model: compare the batch's shape with the first layer's "
-            "`in_features`/`in_channels` (e.g. gray images for an RGB model: the dataset's `channels=`)"
-        )
-    return None
-
-
-# Substrings of PyTorch's messages for targets that do not match the outputs, and inputs that do not fit the model.
-_TARGET_SHAPE_ERRORS = (
-    "size mismatch (got input",
-    "only batches of spatial targets supported",
-    "expected target size",
-    "to match target batch_size",
-)
-_INPUT_SHAPE_ERRORS = ("shapes cannot be multiplied", "channels, but got")
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (or its type name), for messages that quote it."""
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
