@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from trainkit import errors
+from trainkit._version import __version__
 from trainkit.engine import (
     MixedPrecision,
     Seeding,
@@ -26,8 +27,6 @@ from trainkit.engine import (
     train_one_epoch,
 )
 from trainkit.utils.seed import seed_everything
-
-__version__ = "0.1.0"
 
 _LAZY_MODULES = ("callbacks", "cli", "data", "losses", "metrics", "models", "utils")
 _LAZY_FUNCTIONS = {"summary": "trainkit.utils.summary"}

@@ -287,6 +287,6 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _version() -> str:
-    from trainkit import __version__
+    from trainkit._version import __version__
 
     return __version__
