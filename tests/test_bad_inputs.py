@@ -62,7 +62,10 @@ def _trainer(ctx: Ctx | None, model: nn.Module | None = None, **kwargs: Any) -> 
     model = model if model is not None else _model()
     loss_fn = kwargs.pop("loss_fn", nn.CrossEntropyLoss())
     optimizer = kwargs.pop("optimizer", None) or torch.optim.SGD(model.parameters(), lr=0.1)
-    kwargs = {"device": "cpu", "progress": False, "amp": False, "run_dir": ctx.run_dir if ctx else None, **kwargs}
+    # overwrite=True: a fresh run may replace the finished run in ctx.run_dir, so each case meets its own error
+    # (and the test checks that even then nothing written is lost); the refusal without it is a case of its own.
+    run_dir = trainkit.RunDir(ctx.run_dir, overwrite=True) if ctx else None
+    kwargs = {"device": "cpu", "progress": False, "amp": False, "run_dir": run_dir, **kwargs}
     return trainkit.Trainer(model, optimizer, loss_fn, **kwargs)
 
 
@@ -327,7 +330,9 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file's bytes, but the lock file's (it names the PID of the last run that wrote the folder)."""
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".trainkit.lock")
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
 def test_the_table_has_at_least_20_distinct_cases() -> None:

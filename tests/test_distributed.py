@@ -121,7 +121,7 @@ def test_only_rank_0_writes_files(ddp_run) -> None:
     out, _, _ = ddp_run
     run0 = out / "run0"
     written = sorted(p.name for p in run0.iterdir() if p.name != "tensorboard")  # tensorboard: when installed
-    assert written == ["checkpoints", "curves.png", "metrics.csv"]
+    assert written == [".trainkit.lock", "checkpoints", "curves.png", "metrics.csv"]
     assert sorted(p.name for p in (run0 / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert len((run0 / "metrics.csv").read_text().splitlines()) == 1 + script.EPOCHS
     assert not (out / "run1").exists()  # rank 1 was given its own run_dir and wrote nothing there

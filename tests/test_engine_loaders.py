@@ -156,7 +156,7 @@ def test_an_iterable_dataset_warns_once_that_it_cannot_be_seeded_per_position() 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a map-style loader: no warning
         pairs = TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
-        trainer.fit(DataLoader(pairs, batch_size=4), epochs=1)
+        trainer.fit(DataLoader(pairs, batch_size=4), epochs=3)  # a second fit continues the run to 3 epochs
 
 
 def test_seed_none_draws_a_seed_and_saves_it(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def test_learns_a_toy_task_and_writes_the_run_dir(tmp_path: Path) -> None:
     assert list(rows[0]) == ["epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr"]
     assert [{k: float(v) for k, v in r.items()} for r in rows] == history
     tensorboard = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []  # events when installed
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "curves.png", "metrics.csv", *tensorboard]
+    assert sorted(p.name for p in run.iterdir()) == [".trainkit.lock", "checkpoints", "curves.png", "metrics.csv", *tensorboard]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     last = trainkit.load_checkpoint(run / "checkpoints" / "last.pt")

@@ -18,6 +18,7 @@ from trainkit import errors
 from trainkit._version import __version__
 from trainkit.engine import (
     MixedPrecision,
+    RunDir,
     Seeding,
     Trainer,
     evaluate,
@@ -33,6 +34,7 @@ _LAZY_FUNCTIONS = {"summary": "trainkit.utils.summary"}
 
 __all__ = [
     "MixedPrecision",
+    "RunDir",
     "Seeding",
     "Trainer",
     "__version__",

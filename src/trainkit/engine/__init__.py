@@ -4,6 +4,7 @@ from trainkit.engine.callbacks import Callback, EarlyStopping, LearningRateMonit
 from trainkit.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
 from trainkit.engine.loops import LoopState, evaluate, predict, train_one_epoch
 from trainkit.engine.precision import MixedPrecision
+from trainkit.engine.run_dir import RunDir
 from trainkit.engine.seeding import Seeding
 from trainkit.engine.trainer import Trainer
 
@@ -14,6 +15,7 @@ __all__ = [
     "LoopState",
     "MixedPrecision",
     "ModelCheckpoint",
+    "RunDir",
     "Seeding",
     "Trainer",
     "evaluate",

@@ -123,6 +123,9 @@ def restore_checkpoint(trainer: Trainer, path: str | os.PathLike[str]) -> dict[s
 def start_run(trainer: Trainer, resume: str | os.PathLike[str] | None) -> None:
     """Start a fresh run (seed it; draw a seed when none is given) or load the checkpoint ``resume`` names.
 
+    A fresh run into a ``run_dir`` that holds a run is refused (``ValueError``) unless its ``RunDir`` says
+    ``overwrite=True``.
+
     A fresh run seeds every RNG with ``trainer.seeding.seed`` when given; without one, a seed for the
     per-sample seeding is drawn (the same on every rank) and kept in ``trainer.state.seed``. A resumed run
     continues with its checkpoint's seed (older checkpoints without one keep the trainer's).
@@ -137,6 +140,9 @@ def start_run(trainer: Trainer, resume: str | os.PathLike[str] | None) -> None:
     """
     path = resolve_resume(trainer, resume) if resume is not None else None
     if path is None:
+        refused = trainer.outputs.replacing_message() if trainer.dist.is_main else None
+        if trainer.dist.any_true(refused is not None, trainer.device):  # every rank stops, not only rank 0
+            raise ValueError(refused or "rank 0 refused to replace the run in `run_dir` (see its error)")
         trainer.state.load_state_dict({})
         seed = trainer.seeding.seed
         if seed is not None:

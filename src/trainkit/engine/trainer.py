@@ -71,7 +71,9 @@ class Trainer:
         callbacks: :class:`~trainkit.callbacks.Callback` objects. With ``run_dir`` and no
             :class:`~trainkit.callbacks.ModelCheckpoint`, one is added (``last.pt``, ``best.pt``).
         run_dir: where ``metrics.csv``, TensorBoard events, checkpoints and ``curves.png`` go;
-            ``None`` writes nothing.
+            ``None`` writes nothing. One run writes into a folder at a time (a lock), and a fresh run into a
+            folder that holds a run is refused: continue it with ``fit(resume="last")`` or pass
+            ``RunDir(path, overwrite=True)`` to replace it (:class:`~trainkit.engine.run_dir.RunDir`).
         device: ``"auto"`` (CUDA, then MPS, then CPU; the local rank's GPU under torchrun) or a device.
         seed: an int seeds every RNG when ``fit`` starts afresh (a resume restores the saved RNG instead) and
             derives each training sample's random draws from ``(seed, epoch, position)``, so augmentations do
@@ -95,7 +97,8 @@ class Trainer:
         model: what is trained (the user's module, possibly wrapped in DDP / ``torch.compile``).
         module: the user's module, unwrapped.
         state: the run's :class:`~trainkit.engine.state.RunState` (epoch, batch, step, history, seed).
-        history: one dict of floats an epoch (``state.history``).
+        history: one dict of floats an epoch (``state.history``). A second ``fit`` continues the run to its
+            new ``epochs`` total.
         train_loader: the :class:`~trainkit.engine.loaders.TrainLoader` of the current ``fit``.
         outputs: the :class:`~trainkit.engine.run_dir.RunDir` writing ``metrics.csv``, TensorBoard, curves.
         extra_state: plain data (str, numbers, lists, dicts) saved in every checkpoint under
@@ -126,7 +129,7 @@ class Trainer:
         grad_accum: int = 1,
         clip_grad_norm: float | None = None,
         callbacks: Iterable[Callback] | None = None,
-        run_dir: str | os.PathLike[str] | None = None,
+        run_dir: str | os.PathLike[str] | RunDir | None = None,
         device: str | torch.device | None = "auto",
         seed: int | Seeding | None = None,
         progress: bool = True,
@@ -158,8 +161,8 @@ class Trainer:
         self.grad_accum, self.clip_grad_norm, self.on_nan = int(grad_accum), clip_grad_norm, on_nan
         self.val_metrics = dict(metrics or {})
         self.train_metrics = {k: copy.deepcopy(m) for k, m in self.val_metrics.items()}
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.outputs = RunDir(self.run_dir, is_main=self.dist.is_main)
+        self.outputs = RunDir.of(run_dir, is_main=self.dist.is_main)
+        self.run_dir = self.outputs.path
         self.seeding = Seeding.of(seed)
         self.progress = progress
         self.batch_transform = with_channels_last(batch_transform) if channels_last else batch_transform
@@ -173,6 +176,7 @@ class Trainer:
         self.state = RunState(seed=self.seeding.seed)
         self.has_validation = False
         self.train_loader: TrainLoader | None = None
+        self._started = False  # a run was started (or resumed) by `fit`; a second `fit` continues it
         self.interrupt = GracefulInterrupt(enabled=False)
         self.extra_state: dict[str, Any] = {}
 
@@ -325,20 +329,35 @@ class Trainer:
         check_not_empty(train_loader, "train_loader")
         if val_loader is not None:
             check_not_empty(val_loader, "val_loader")
-        start_run(self, resume)
-        self.state.should_stop = False
-        self.train_loader = TrainLoader(
-            train_loader,
-            self.dist,
-            seed=self.state.seed if self.state.seed is not None else 0,
-            sample_seeding=self.seeding.sample_seeding,
-            pin_memory=self.device.type == "cuda",
-        )
-        val_loader = prepare_eval_loader(val_loader, self.dist, device=self.device)
-        self.has_validation = val_loader is not None
+        self.outputs.open(self._checkpoint_folder())  # the lock first: a second writer is refused before any write
+        try:
+            if resume is not None or not self._started:  # a second `fit` of this trainer continues its run
+                start_run(self, resume)  # refuses to replace the run a folder holds, unless overwrite=True
+                self._started = True
+            if not self._epochs_left(epochs):
+                return self.history
+            self.state.should_stop = False
+            self.train_loader = TrainLoader(
+                train_loader,
+                self.dist,
+                seed=self.state.seed if self.state.seed is not None else 0,
+                sample_seeding=self.seeding.sample_seeding,
+                pin_memory=self.device.type == "cuda",
+            )
+            val_loader = prepare_eval_loader(val_loader, self.dist, device=self.device)
+            self.has_validation = val_loader is not None
+            self._train(epochs, val_loader)
+            self.callbacks.dispatch("on_fit_end", self)
+            self.outputs.plot(self.history)
+        finally:
+            self.outputs.close()
+        self.dist.barrier()  # no rank returns (and reads run_dir) before rank 0 has written its files
+        return self.history
+
+    def _train(self, epochs: int, val_loader: Iterable[Any] | None) -> None:
+        """The epochs of ``fit``, with the progress bar, the signal handlers and the callbacks' error hook."""
         bar = Progress(enabled=self.progress and self.dist.is_main, total_epochs=epochs)
         bar.quiet = not self.dist.is_main
-        self.outputs.open()
         bar.start_fit(self.state.epoch)
         self.interrupt = GracefulInterrupt(enabled=not self.dist.enabled).install()
         try:
@@ -361,11 +380,25 @@ class Trainer:
         finally:
             self.interrupt.restore()
             bar.close()
-            self.outputs.close()
-        self.callbacks.dispatch("on_fit_end", self)
-        self.outputs.plot(self.history)
-        self.dist.barrier()  # no rank returns (and reads run_dir) before rank 0 has written its files
-        return self.history
+
+    def _epochs_left(self, epochs: int) -> bool:
+        """Whether the run has epochs left to train; say so when it has none (``epochs`` is the total)."""
+        done = self.state.epoch
+        if epochs < done:
+            raise ValueError(
+                f"`epochs={epochs}` but this run has already trained {done} epochs; `epochs` is the total, not the "
+                f"number to add: pass `epochs` > {done} to train more"
+            )
+        if epochs == done and not self.state.mid_epoch:
+            if self.dist.is_main:
+                print(f"the run has already trained {done} of {epochs} epochs; nothing to do (raise `epochs` to "
+                      "train more)", flush=True)  # fmt: skip
+            return False
+        return True
+
+    def _checkpoint_folder(self) -> Path | None:
+        last = self.last_checkpoint_path()
+        return last.parent if last is not None else None
 
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
         """Loss and metrics over ``loader``: ``{"loss": ..., "<metric>": ...}``, exact across ranks.
