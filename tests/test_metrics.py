@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -183,12 +184,14 @@ def _labelled_batches(n: int, num_classes: int = 5, seed: int = 0) -> list[tuple
     return [(torch.randn(k, num_classes, generator=g), torch.randint(0, num_classes, (k,), generator=g)) for k in sizes]
 
 
-def test_accuracy_training_path_matches_torchmetrics_across_folds_and_large_batches() -> None:
-    # 150 small batches are reduced 64 at a time (two folds and a rest); a 2x64x64 batch is reduced at once.
+def test_accuracy_matches_torchmetrics_across_count_groups_and_large_batches() -> None:
+    # 600 small batches are counted 256 at a time (two groups and a rest); a 2x64x64 batch is counted with
+    # those kept before it, and 2x256x256 (more ids than a group holds) at once.
     ours, theirs = Accuracy(num_classes=5), MulticlassAccuracy(5, average="micro")
-    batches = _labelled_batches(150)
+    batches = _labelled_batches(600)
     g = torch.Generator().manual_seed(1)
     batches.insert(70, (torch.randn(2, 5, 64, 64, generator=g), torch.randint(0, 5, (2, 64, 64), generator=g)))
+    batches.insert(300, (torch.randn(2, 5, 256, 256, generator=g), torch.randint(0, 5, (2, 256, 256), generator=g)))
     for logits, target in batches:
         ours.update(logits, target)
         theirs.update(logits, target)
@@ -198,8 +201,8 @@ def test_accuracy_training_path_matches_torchmetrics_across_folds_and_large_batc
     assert (state["target_min"].item(), state["target_max"].item()) == (0, 4)
 
 
-def test_accuracy_counts_waiting_to_be_folded_reach_every_reader() -> None:
-    batches = _labelled_batches(10, seed=3)  # fewer than a fold: all of them are still deferred
+def test_accuracy_ids_waiting_to_be_counted_reach_every_reader() -> None:
+    batches = _labelled_batches(10, seed=3)  # fewer than a group: none of them is counted yet
     whole, first, second = Accuracy(num_classes=5), Accuracy(num_classes=5), Accuracy(num_classes=5)
     for i, (logits, target) in enumerate(batches):
         whole.update(logits, target)
@@ -214,30 +217,30 @@ def test_accuracy_counts_waiting_to_be_folded_reach_every_reader() -> None:
     assert first.merge_(second).compute().item() == pytest.approx(expected)
     assert whole.to("cpu").compute().item() == pytest.approx(expected)
     whole.update(*batches[0])
-    whole.reset()  # drops what was deferred too
+    whole.reset()  # drops the kept ids too
     whole.update(torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0]]), torch.tensor([1]))
     assert whole.compute().item() == 1.0
     whole.update(torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]]), torch.tensor([1]))
-    whole.load_state_dict(Accuracy(num_classes=5).state_dict())  # replaces the counts, deferred ones included
+    whole.load_state_dict(Accuracy(num_classes=5).state_dict())  # replaces the counts, kept ids included
     assert math.isnan(whole.compute().item())
 
 
 def test_accuracy_keeps_its_own_copy_of_a_target_the_caller_reuses() -> None:
     metric = Accuracy(num_classes=3)
     target = torch.tensor([0, 1, 2])
-    metric.update(torch.eye(3) * 5, target)  # three hits, still deferred
+    metric.update(torch.eye(3) * 5, target)  # three hits, not counted yet
     target.fill_(9)  # a caller that refills one target buffer every step
     metric.update(torch.eye(3) * 5, target.fill_(2))
     assert metric.compute().item() == pytest.approx(4 / 6)
 
 
-def test_accuracy_training_path_reports_ids_out_of_range_with_the_values() -> None:
+def test_accuracy_reports_ids_out_of_range_with_the_values() -> None:
     metric = Accuracy(num_classes=3)
     metric.update(torch.randn(4, 3), torch.tensor([0, 1, 5, 2]))
     metric.update(torch.randn(2, 3), torch.tensor([-100, 1]))  # CrossEntropyLoss's default ignore_index
     with pytest.raises(
         ValueError,
-        match=r"elements since the last `reset\(\)` had class ids outside \[0, 3\): target id -100 \(smallest "
+        match=r"2 element\(s\) since the last `reset\(\)` had class ids outside \[0, 3\): target id -100 \(smallest "
         r"seen\), target id 5 \(largest seen\); `num_classes=3`, `ignore_index=None`",
     ):
         metric.compute()
@@ -259,14 +262,20 @@ def test_empty_batch_changes_nothing() -> None:
 # ----------------------------------------------------------------------------- device and host sync
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: MeanIoU(num_classes=4),
-        lambda: Accuracy(num_classes=4, top_k=2, ignore_index=255),
-        lambda: Accuracy(num_classes=4, ignore_index=None),  # the training loop's path, folded every 64 batches
-    ],
-)
+_CONFIGURATIONS = [
+    lambda: Accuracy(),
+    lambda: Accuracy(num_classes=4),
+    lambda: Accuracy(num_classes=4, top_k=2, ignore_index=255),
+    lambda: Accuracy(ignore_index=0),
+    lambda: MeanIoU(num_classes=4),
+    lambda: MeanIoU(num_classes=4, ignore_index=None),
+    lambda: Dice(num_classes=4, ignore_index=0),
+    lambda: PixelAccuracy(num_classes=4),
+    lambda: ConfusionMatrix(num_classes=4, threshold=0.5),
+]
+
+
+@pytest.mark.parametrize("make", _CONFIGURATIONS)
 def test_update_never_reads_values_on_the_host(make, monkeypatch: pytest.MonkeyPatch) -> None:
     metric = make()
     batches = [(logits, target.clamp(max=3)) for logits, target in _batches()]
@@ -277,11 +286,108 @@ def test_update_never_reads_values_on_the_host(make, monkeypatch: pytest.MonkeyP
 
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, no_sync)
-    for logits, target in batches[1:] * 40:
+    for logits, target in batches[1:] * 100:  # 300 updates: one group of kept ids is counted inside `update`
         metric.update(logits, target)
     monkeypatch.undo()
     assert all(t.device == torch.device("cpu") for t in metric.state_dict().values())
-    assert 0.0 < metric.compute().item() <= 1.0
+    value = metric.compute()
+    assert torch.isfinite(value).all() and value.sum() > 0
+
+
+class _RecordOps(TorchDispatchMode):
+    """Record the name of every ATen operation that runs a kernel (views do not) inside the ``with`` block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("make", _CONFIGURATIONS)
+def test_update_runs_the_same_two_kernels_whatever_the_arguments(make) -> None:
+    # One path: an update turns logits into ids and keeps a copy of them; ignore_index, the range
+    # checks and the counting run once for a group of updates, whatever the constructor arguments.
+    metric = make()
+    logits, target = _batches(n=1)[0]
+    metric.update(logits, target)
+    with _RecordOps() as recorded:
+        metric.update(logits, target)
+    assert recorded.ops == (["topk", "cat"] if getattr(metric, "top_k", 1) > 1 else ["argmax", "stack"])
+
+
+def test_kept_ids_are_the_metrics_own_copy_for_every_metric() -> None:
+    for make in _CONFIGURATIONS:
+        metric, reference = make(), make()
+        logits, target = _batches(n=1)[0]
+        target = target.clamp(max=3)
+        metric.update(logits, target)
+        reference.update(logits, target.clone())
+        target.fill_(1)  # a caller that refills one target buffer every step
+        assert metric.compute().tolist() == reference.compute().tolist(), metric
+
+
+@pytest.mark.parametrize("ignore_index", [255, None, 0])
+@pytest.mark.parametrize(("ours", "theirs"), [(MeanIoU, MulticlassJaccardIndex), (Dice, MulticlassF1Score)])
+def test_confusion_metrics_match_torchmetrics_across_count_groups_and_large_batches(ours, theirs, ignore_index) -> None:
+    metric = ours(num_classes=4, ignore_index=ignore_index)
+    matrix = MulticlassConfusionMatrix(4, ignore_index=ignore_index)
+    reference = theirs(4, average="macro", ignore_index=ignore_index)
+    batches = _batches(n=300, seed=2)  # 300 batches of 128 pixels: counted 256 batches at a time
+    g = torch.Generator().manual_seed(4)
+    big = torch.randint(0, 4, (2, 256, 300), generator=g)  # more ids than a group holds: counted at once
+    batches.insert(100, (torch.randn(2, 4, 256, 300, generator=g), big))
+    for logits, target in batches:
+        if ignore_index != 255:
+            target = target.clamp(max=3)
+        for m in (metric, matrix, reference):
+            m.update(logits, target)
+    assert torch.equal(metric.confusion_matrix(), matrix.compute())
+    if ignore_index != 0:  # torchmetrics' F1 averages an ignored real class as 0; trainkit leaves it out
+        assert metric.compute().item() == pytest.approx(reference.compute().item(), abs=1e-6)
+
+
+def test_out_of_range_ids_are_counted_exactly_inside_a_group_of_batches() -> None:
+    metric = ConfusionMatrix(num_classes=3)
+    metric.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    metric.update(torch.tensor([3, 1, -2]), torch.tensor([0, 255, 1]))  # 255 ignored, two predictions out of range
+    metric.update(torch.tensor([2, 2]), torch.tensor([9, 2]))  # one target out of range
+    state = metric.state_dict()
+    assert state["confmat"].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 2]]
+    assert state["out_of_range"].item() == 3
+    with pytest.raises(
+        ValueError,
+        match=r"3 element\(s\) .* outside \[0, 3\): target id 9 \(largest seen\), predicted id -2 \(smallest seen\), "
+        r"predicted id 3 \(largest seen\)",
+    ):
+        metric.compute()
+
+
+def test_accuracy_without_num_classes_checks_each_batch_against_its_own_channel_count() -> None:
+    metric = Accuracy()
+    metric.update(torch.eye(5)[:4] * 3, torch.tensor([0, 1, 2, 4]))  # 5 channels: id 4 is valid, 3 of 4 right
+    metric.update(torch.eye(3) * 3, torch.tensor([0, 1, 2]))  # 3 channels: 3 right
+    assert metric.compute().item() == pytest.approx(6 / 7)
+    metric.update(torch.eye(3)[:1] * 3, torch.tensor([4]))  # 3 channels: id 4 is out of range here
+    with pytest.raises(ValueError, match=r"1 element\(s\) .* outside \[0, C\): target ids seen span 0\.\.4"):
+        metric.compute()
+
+
+def test_update_under_inference_mode_keeps_working_outside_it_for_every_metric() -> None:
+    for make in _CONFIGURATIONS:
+        inside, outside = make(), make()
+        batches = [(logits, target.clamp(max=3)) for logits, target in _batches(n=3)]
+        with torch.inference_mode():
+            inside.update(*batches[0])
+        inside.update(*batches[1])
+        with torch.inference_mode():
+            inside.update(*batches[2])
+        for batch in batches:
+            outside.update(*batch)
+        assert inside.compute().tolist() == outside.compute().tolist(), inside
 
 
 def test_state_lives_on_the_first_updates_device_and_to_moves_it() -> None:
@@ -337,7 +443,7 @@ def test_a_copied_metric_keeps_its_own_counts() -> None:
         b = copy.copy(a)  # before any update
         a.update(*hit)
         b.update(*miss)
-        c = copy.copy(a)  # after one (Accuracy still holds it deferred)
+        c = copy.copy(a)  # after one (its ids are kept, not counted yet)
         c.update(*miss)
         expected = {}
         for name, batches in {"a": [hit], "b": [miss], "c": [hit, miss]}.items():

@@ -1,9 +1,17 @@
 """The streaming-metric protocol, the shared state machinery and the input contract of every metric.
 
 A metric keeps integer counts in tensors that live on the device of the first ``update``. ``update``
-only adds to them with tensor operations (no ``.item()``, no ``.cpu()``, no Python branch on a tensor
-value), so a training loop on a GPU never waits for the host because of a metric. Everything that
-needs a value on the host (range checks, the final division) happens in ``compute()``.
+works with tensor operations only (no ``.item()``, no ``.cpu()``, no Python branch on a tensor value),
+so a training loop on a GPU never waits for the host because of a metric. Everything that needs a value
+on the host (range checks, the final division) happens in ``compute()``.
+
+Every metric takes one path, whatever its arguments: ``update`` turns the batch into class ids, a
+``[2, N, ...]`` int64 tensor of (target, predicted) ids, and keeps it; the kept ids are counted
+together when they reach 256 batches or 16,384 ids, and before anything reads the counts (``compute``,
+``state_dict``, ``merge_``, ``to``). On the small batches of a classification loop a kernel costs more
+than its arithmetic (5-20 us each on a CPU), so an update launches two (``argmax`` and the ``stack``
+that copies the ids) where a hand-written ``correct += (logits.argmax(1) == y).sum()`` launches four;
+the counting, with its range checks and ``ignore_index``, runs once for the group.
 
 Input contract (checked at the boundary, from shapes and dtypes only):
 
@@ -28,8 +36,9 @@ import torch.distributed as dist
 
 __all__ = ["Metric"]
 
-# How each kind of state combines across ranks, checkpoints and `merge_`.
+# How each kind of state combines across ranks, checkpoints and `merge_`, and its value before any update.
 _REDUCE_OPS = ("sum", "min", "max")
+_EMPTY = {"sum": 0, "min": torch.iinfo(torch.int64).max, "max": torch.iinfo(torch.int64).min}
 
 
 class Metric(abc.ABC):
@@ -46,8 +55,8 @@ class Metric(abc.ABC):
       all-reduces a *copy* of the state (``sync_on_compute=True``), so every rank sees the global
       value and calling ``compute()`` twice never double-counts.
 
-    Subclasses declare their state in ``_state_spec`` (name, shape, reduce op), add to it in
-    ``_update`` and read it in ``_compute``.
+    Subclasses declare their state in ``_state_spec`` (name, shape, reduce op), turn a batch into
+    (target, predicted) ids in ``_ids``, add ids to the state in ``_count`` and read it in ``_compute``.
 
     Args:
         sync_on_compute: All-reduce the state across ranks in ``compute()`` when a process group of
@@ -65,8 +74,11 @@ class Metric(abc.ABC):
         if not isinstance(sync_on_compute, bool):
             raise TypeError(f"`sync_on_compute` must be True or False; got {sync_on_compute!r}")
         self.sync_on_compute = sync_on_compute
-        self._state: dict[str, torch.Tensor] | None = None
-        self._deferred: list[Any] = []  # per-batch values a subclass folds in later (see `_fold`)
+        self._state: dict[str, torch.Tensor] | None = None  # replaced through `_set_state` only
+        self._device: torch.device | None = None  # where the state lives (read on every update)
+        self._pending: list[torch.Tensor] = []  # [2, N, ...] (target, predicted) ids not counted yet
+        self._pending_size = 0  # their number of elements
+        self._pending_classes: int | None = None  # the class count they are checked against
 
     # ----------------------------------------------------------------- subclass interface
     @abc.abstractmethod
@@ -74,11 +86,21 @@ class Metric(abc.ABC):
         """Name → (shape, reduce op) of every int64 state tensor. Reduce ops: 'sum', 'min', 'max'."""
 
     @abc.abstractmethod
-    def _update(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch to ``state`` with tensor operations only.
+    def _ids(self, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+        """Check the batch's shapes and dtypes; return its ids and the class count ``C`` to check them against.
 
-        Entries are replaced (``state[k] = state[k] + counts``), not updated in place: a state made
-        under ``torch.inference_mode()`` (an evaluation loop) then stays usable outside it.
+        The ids are a new int64 tensor ``[2, N, ...]``, ``ids[0]`` the targets and ``ids[1]`` the predicted
+        ids (new, because the caller may refill its target tensor after ``update``); a metric may add rows
+        (``Accuracy(top_k=k)`` keeps the k predicted ids). ``C`` is ``None`` when only negative ids are errors.
+        """
+
+    @abc.abstractmethod
+    def _count(self, state: dict[str, torch.Tensor], ids: torch.Tensor, classes: int | None) -> None:
+        """Add ``[2, n]`` (target, predicted, ...) ids, kept by one or more updates, to ``state`` with tensor ops.
+
+        ``ids`` belong to the call and may be overwritten. State entries are replaced
+        (``state[k] = state[k] + counts``), not updated in place: a state made under
+        ``torch.inference_mode()`` (an evaluation loop) then stays usable outside it.
         """
 
     @abc.abstractmethod
@@ -88,6 +110,9 @@ class Metric(abc.ABC):
     # ----------------------------------------------------------------- public protocol
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of predictions (logits or labels) and targets to the running counts.
+
+        Shapes and dtypes are checked here; the batch's ids are kept and counted with others (see the
+        module docstring), and ids outside ``[0, C)`` are reported by ``compute()``.
 
         Args:
             preds: Logits ``[N, C, ...]`` or labels shaped like ``target`` (see the module docstring).
@@ -109,27 +134,37 @@ class Metric(abc.ABC):
                 f"`{type(self).__name__}.update(preds, target)` takes two tensors; "
                 f"got {type(preds).__name__} and {type(target).__name__}"
             )
-        if preds.device != target.device:
+        device = target.device
+        if preds.device != device:
             raise ValueError(
-                f"`{type(self).__name__}.update`: preds are on {preds.device} but target is on {target.device}; "
+                f"`{type(self).__name__}.update`: preds are on {preds.device} but target is on {device}; "
                 "move both to one device (e.g. `target.to(preds.device)`)"
             )
-        if self._state is None:
-            self._state = self._zero_state(target.device)
-        else:
-            device = next(iter(self._state.values())).device
-            if device != target.device:
+        if device != self._device:
+            if self._state is not None:
                 raise ValueError(
-                    f"`{type(self).__name__}.update` got tensors on {target.device}, but its counts live on "
-                    f"{device} since the first update; keep inputs on one device, or call "
-                    f"`metric.to({str(target.device)!r})` first"
+                    f"`{type(self).__name__}.update` got tensors on {device}, but its counts live on "
+                    f"{self._device} since the first update; keep inputs on one device, or call "
+                    f"`metric.to({str(device)!r})` first"
                 )
+            self._set_state(self._zero_state(device))
         # Detach only what records a graph: `detach()` makes a new tensor object each call.
-        self._update(
-            self._state,
+        ids, classes = self._ids(
             preds.detach() if preds.requires_grad else preds,
             target.detach() if target.requires_grad else target,
         )
+        size = ids.numel()
+        if size == 0:
+            return
+        if ids.ndim > 2:
+            ids = ids.flatten(1)
+        if self._pending and classes != self._pending_classes:
+            self._count_pending()  # each group is checked against one class count
+        self._pending.append(ids)
+        self._pending_size += size
+        self._pending_classes = classes
+        if len(self._pending) >= self._COUNT_EVERY or self._pending_size >= self._COUNT_AT:
+            self._count_pending()
 
     def compute(self) -> torch.Tensor:
         """Return the metric over everything seen since the last ``reset()`` (across ranks when synced).
@@ -154,8 +189,8 @@ class Metric(abc.ABC):
             >>> metric.compute()
             tensor(nan)
         """
-        self._state = None
-        self._deferred = []
+        self._set_state(None)
+        self._pending, self._pending_size = [], 0
 
     def to(self, device: str | torch.device) -> Metric:
         """Move the counts (if any) to ``device``; returns ``self`` like ``nn.Module.to``.
@@ -165,9 +200,9 @@ class Metric(abc.ABC):
             >>> MeanIoU(num_classes=3).to("cpu").compute()
             tensor(nan)
         """
-        self._fold()
+        self._count_pending()
         if self._state is not None:
-            self._state = {k: v.to(device) for k, v in self._state.items()}
+            self._set_state({k: v.to(device) for k, v in self._state.items()})
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -178,7 +213,7 @@ class Metric(abc.ABC):
             >>> sorted(ConfusionMatrix(num_classes=2).state_dict())
             ['confmat', 'label_max', 'label_min', 'out_of_range']
         """
-        self._fold()
+        self._count_pending()
         state = self._state if self._state is not None else self._zero_state(torch.device("cpu"))
         return {k: v.clone() for k, v in state.items()}
 
@@ -207,8 +242,8 @@ class Metric(abc.ABC):
                     f"`{type(self).__name__}.load_state_dict`: {name!r} has shape {tuple(state_dict[name].shape)}, "
                     f"expected {shape}; was it saved from a metric with other settings ({self!r})?"
                 )
-        self._state = {name: state_dict[name].to(torch.int64).clone() for name in spec}
-        self._deferred = []
+        self._set_state({name: state_dict[name].to(torch.int64).clone() for name in spec})
+        self._pending, self._pending_size = [], 0
 
     def merge_(self, other: Metric) -> Metric:
         """Add the counts of ``other`` (same class and settings) into this metric, in place; returns ``self``.
@@ -227,8 +262,8 @@ class Metric(abc.ABC):
         """
         if type(other) is not type(self):
             raise TypeError(f"`{type(self).__name__}.merge_` needs another {type(self).__name__}; got {type(other)}")
-        self._fold()
-        other._fold()
+        self._count_pending()
+        other._count_pending()
         if other._state is None:
             return self
         mine = self.state_dict() if self._state is None else self._state
@@ -238,15 +273,16 @@ class Metric(abc.ABC):
         for name, (shape, _) in spec.items():
             if tuple(theirs[name].shape) != shape:
                 raise ValueError(f"`{type(self).__name__}.merge_`: {other!r} has other settings than {self!r}")
-        self._state = {name: _combine(mine[name], theirs[name], op) for name, (_, op) in spec.items()}
+        self._set_state({name: _combine(mine[name], theirs[name], op) for name, (_, op) in spec.items()})
         return self
 
     def __copy__(self) -> Metric:
-        """A copy with its own counts (the state tensors are replaced on update, never changed in place)."""
+        """A copy with its own counts (state tensors are replaced on update, never changed in place)."""
+        self._count_pending()  # counting may change the kept ids in place, so they are never shared
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone._state = dict(self._state) if self._state is not None else None
-        clone._deferred = list(self._deferred)
+        clone._pending = []
         return clone
 
     def __repr__(self) -> str:
@@ -256,23 +292,38 @@ class Metric(abc.ABC):
         return ""
 
     # ----------------------------------------------------------------- machinery
-    # A kernel on a tiny tensor costs microseconds whatever it computes (a reduction in a training loop
-    # on the CPU, ~10-20 us), and a training step pays for each one. A subclass may keep per-batch values
-    # in `self._deferred` and reduce many batches at once in `_fold`, which runs before anything reads
-    # the state; `reset` and `load_state_dict` drop what is deferred.
-    def _fold(self) -> None:  # noqa: B027 - an optional hook: most metrics defer nothing
-        """Fold ``self._deferred`` into ``self._state`` (nothing is deferred by default)."""
+    # Kept ids are counted when they reach `_COUNT_EVERY` batches or `_COUNT_AT` elements, and before
+    # anything reads the state; `reset` and `load_state_dict` drop them. 2**14 int64 elements are 128 KB:
+    # larger temporaries come as fresh memory that the OS maps page by page, which made counting a group of
+    # 2**16 elements 5% slower than counting its four parts. Measured with `benchmarks/loop_overhead.py
+    # --micro` on the 2-core CPU (docs/benchmarks.md), counting every batch at once costs 5-6x the
+    # hand-written accuracy update on batches of 32; counting 256 at a time adds about 0.5 us a batch.
+    _COUNT_EVERY = 256
+    _COUNT_AT = 1 << 14
+
+    def _count_pending(self) -> None:
+        """Count the kept ids into ``self._state`` (one ``_count`` call for the whole group)."""
+        if not self._pending or self._state is None:
+            return
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        ids = pending[0] if len(pending) == 1 else torch.cat(pending, dim=1)
+        # `_count` may change `ids` in place: only this metric holds them (`__copy__` counts them first), but
+        # a tensor made under inference mode can be changed in place only under it.
+        if ids.is_inference() and not torch.is_inference_mode_enabled():
+            ids = ids.clone()
+        self._count(self._state, ids, self._pending_classes)
+
+    def _set_state(self, state: dict[str, torch.Tensor] | None) -> None:
+        self._state = state
+        self._device = None if state is None else next(iter(state.values())).device
 
     def _zero_state(self, device: torch.device) -> dict[str, torch.Tensor]:
-        state = {}
-        for name, (shape, op) in self._state_spec().items():
-            fill = {"sum": 0, "min": torch.iinfo(torch.int64).max, "max": torch.iinfo(torch.int64).min}[op]
-            state[name] = torch.full(shape, fill, dtype=torch.int64, device=device)
-        return state
+        spec = self._state_spec().items()
+        return {name: torch.full(shape, _EMPTY[op], dtype=torch.int64, device=device) for name, (shape, op) in spec}
 
     def _synced_state(self) -> dict[str, torch.Tensor]:
         """The state to compute from: local, or an all-reduced copy under a multi-process group."""
-        self._fold()
+        self._count_pending()
         distributed = self.sync_on_compute and dist.is_available() and dist.is_initialized()
         if not distributed or dist.get_world_size() <= 1:
             return self._state if self._state is not None else self._zero_state(torch.device("cpu"))
@@ -319,20 +370,37 @@ def check_ignore_index(value: Any) -> int | None:
 
 
 def as_labels(
-    preds: torch.Tensor, target: torch.Tensor, *, num_classes: int | None, threshold: float, owner: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read ``preds`` as class ids by the module's input contract; return ``(pred_labels, target)`` as int64.
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    num_classes: int | None,
+    threshold: float,
+    owner: str,
+    top_k: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """Read ``preds`` as class ids by the module's input contract; return ``(pred_ids, target, C)``.
 
+    Both id tensors are int64. ``C`` is the class count the ids are to be checked against: the channel
+    count of logits, 2 for binary logits, else ``num_classes`` (``None``: only negative ids are errors).
+    With ``top_k > 1`` (logits only) the predicted ids are those of the ``top_k`` largest logits, largest
+    first, as ``[top_k, N, ...]``.
     Only shapes and dtypes are inspected, never values, so this never synchronises with the device.
+    This runs on every training step: checks that hold for most calls come first and are cheap.
     """
-    if target.is_floating_point() or target.is_complex():
-        raise TypeError(
-            f"`{owner}.update`: target must hold integer class ids; got {target.dtype}. "
-            "Convert it with `target.long()` (masks are int64 `[N, H, W]`)"
+    if top_k > 1 and (preds.ndim != target.ndim + 1 or preds.shape[1] < top_k):
+        raise ValueError(
+            f"`{owner}(top_k={top_k})` needs logits [N, C, ...] with C >= {top_k}; got preds "
+            f"{tuple(preds.shape)} for target {tuple(target.shape)}"
         )
-    target = target.long()
+    if target.dtype is not torch.int64:
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError(
+                f"`{owner}.update`: target must hold integer class ids; got {target.dtype}. "
+                "Convert it with `target.long()` (masks are int64 `[N, H, W]`)"
+            )
+        target = target.long()
     if preds.ndim == target.ndim + 1:
-        if preds.shape[0] != target.shape[0] or preds.shape[2:] != target.shape[1:]:
+        if preds.shape[0] != target.shape[0] or (preds.ndim > 2 and preds.shape[2:] != target.shape[1:]):
             raise ValueError(
                 f"`{owner}.update`: logits {tuple(preds.shape)} do not fit target {tuple(target.shape)}; "
                 "expected logits [N, C, ...] for target [N, ...] (same N and spatial size)"
@@ -344,13 +412,15 @@ def as_labels(
                     f"`{owner}.update`: single-channel logits {tuple(preds.shape)} are binary, but "
                     f"`num_classes={num_classes}`; give one logit channel per class [N, {num_classes}, ...]"
                 )
-            return _binary(preds[:, 0], owner, threshold), target
+            return _binary(preds[:, 0], owner, threshold), target, 2
         if num_classes is not None and channels != num_classes:
             raise ValueError(
                 f"`{owner}.update`: logits {tuple(preds.shape)} have {channels} channels but "
                 f"`num_classes={num_classes}`; expected logits [N, {num_classes}, ...]"
             )
-        return preds.argmax(1), target
+        if top_k > 1:
+            return preds.topk(top_k, dim=1).indices.movedim(1, 0), target, channels
+        return preds.argmax(1), target, channels
     if preds.shape != target.shape:
         raise ValueError(
             f"`{owner}.update`: preds {tuple(preds.shape)} do not fit target {tuple(target.shape)}; expected "
@@ -363,10 +433,10 @@ def as_labels(
                 f"logits, but `num_classes={num_classes}`; pass logits [N, C, ...] or integer labels "
                 "(`preds.argmax(1)`)"
             )
-        return _binary(preds, owner, threshold), target
+        return _binary(preds, owner, threshold), target, 2
     if preds.is_complex():
         raise TypeError(f"`{owner}.update`: preds have dtype {preds.dtype}; expected float logits or integer labels")
-    return preds.long(), target
+    return (preds if preds.dtype == torch.int64 else preds.long()), target, num_classes
 
 
 def _binary(logits: torch.Tensor, owner: str, threshold: float) -> torch.Tensor:
@@ -376,15 +446,6 @@ def _binary(logits: torch.Tensor, owner: str, threshold: float) -> torch.Tensor:
             "Pass integer labels shaped like target instead"
         )
     return (logits > threshold).long()
-
-
-def label_extremes(target: torch.Tensor, preds: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest and largest kept ``(target, pred)`` ids as two int64 ``[2]`` tensors, without a host sync.
-
-    Ignored positions count as 0, which is always a valid id, so an id outside ``[0, C)`` still shows.
-    """
-    both = torch.stack([torch.where(kept, target, 0), torch.where(kept, preds, 0)])
-    return both.amin(dim=1), both.amax(dim=1)
 
 
 def raise_if_out_of_range(
@@ -398,9 +459,8 @@ def raise_if_out_of_range(
 ) -> None:
     """Raise the deferred range error when ``update`` saw ids outside ``[0, num_classes)``.
 
-    ``count`` is the number of elements ``update`` found out of range (checked per batch), ``target``
-    and ``pred`` the smallest and largest ids seen. A fast path that does not count (see ``Accuracy``)
-    is caught by the extremes when ``num_classes`` is known.
+    ``count`` is the number of elements found out of range (each checked against the class count of
+    its batch), ``target`` and ``pred`` the smallest and largest ids seen.
     """
     inside = num_classes is None or all(low >= 0 and high < num_classes for low, high in (target, pred))
     if count == 0 and inside:

@@ -1,9 +1,9 @@
 """Streaming classification accuracy (top-k), exact over an epoch.
 
 Counts of right and counted samples are summed on the device of the inputs; ``compute()`` divides
-them once. The same input contract as the segmentation metrics applies (logits ``[N, C]`` or labels
-``[N]``; extra spatial dimensions work too), and ids outside ``[0, C)`` are reported by ``compute()``
-rather than checked in ``update``, which never synchronises with the device.
+them once. The same input contract and the same update path as the segmentation metrics apply
+(logits ``[N, C]`` or labels ``[N]``; extra spatial dimensions work too), and ids outside ``[0, C)``
+are reported by ``compute()`` rather than checked in ``update``, which never synchronises with the device.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from trainkit.metrics._base import (
     check_ignore_index,
     check_int_option,
     check_threshold,
-    label_extremes,
     raise_if_out_of_range,
 )
 
@@ -79,87 +78,39 @@ class Accuracy(Metric):
             "pred_max": ((), "max"),
         }
 
-    def _update(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
-        if self._is_plain_logits(preds, target):
-            self._update_logits(state, preds, target)
-            return
-        owner = type(self).__name__
-        pred, tgt = as_labels(preds, target, num_classes=self.num_classes, threshold=self.threshold, owner=owner)
-        logits = preds.ndim == target.ndim + 1 and preds.shape[1] > 1
-        if self.top_k > 1 and (not logits or preds.shape[1] < self.top_k):
-            raise ValueError(
-                f"`{owner}(top_k={self.top_k})` needs logits [N, C, ...] with C >= {self.top_k}; got preds "
-                f"{tuple(preds.shape)} for target {tuple(target.shape)}"
-            )
-        if logits:
-            classes: int | None = preds.shape[1]
-        elif preds.is_floating_point():  # binary logits
-            classes = 2
-        else:
-            classes = self.num_classes
-        t, p = tgt.reshape(-1), pred.reshape(-1)
-        if t.numel() == 0:
-            return
-        kept = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        bad = (t < 0) if logits else (t < 0) | (p < 0)  # argmax of logits is always a valid id
-        if classes is not None:
-            bad = bad | (t >= classes) if logits else bad | (t >= classes) | (p >= classes)
-        bad = bad & kept
-        if self.top_k > 1:
-            top = preds.detach().topk(self.top_k, dim=1).indices.movedim(1, -1).reshape(-1, self.top_k)
-            hit = (top == t.unsqueeze(1)).any(1)
-        else:
-            hit = p == t
-        counted = kept & ~bad
-        state["correct"] = state["correct"] + (hit & counted).sum()
-        state["total"] = state["total"] + counted.sum()
-        state["out_of_range"] = state["out_of_range"] + bad.sum()
-        low, high = label_extremes(t, p, kept)
-        for i, who in enumerate(("target", "pred")):
-            state[f"{who}_min"] = torch.minimum(state[f"{who}_min"], low[i])
-            state[f"{who}_max"] = torch.maximum(state[f"{who}_max"], high[i])
-
-    def _is_plain_logits(self, preds: torch.Tensor, target: torch.Tensor) -> bool:
-        """The training-loop case: int64 targets, logits with ``num_classes`` channels, top-1, nothing ignored."""
-        return (
-            self.top_k == 1
-            and self.ignore_index is None
-            and target.dtype == torch.int64
-            and preds.ndim == target.ndim + 1
-            and preds.shape[1] == self.num_classes
-            and preds.shape[0] == target.shape[0]
-            and preds.shape[2:] == target.shape[1:]
-            and preds.is_floating_point()
-            and target.numel() > 0
+    def _ids(self, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+        pred, tgt, classes = as_labels(
+            preds,
+            target,
+            num_classes=self.num_classes,
+            threshold=self.threshold,
+            owner=type(self).__name__,
+            top_k=self.top_k,
         )
+        # (target, predicted) ids; with top_k > 1, the target and the ids of the k largest logits.
+        return (torch.stack([tgt, pred]) if self.top_k == 1 else torch.cat([tgt.unsqueeze(0), pred])), classes
 
-    # Batches of at most this many targets are kept and reduced `_FOLD_EVERY` at a time: at most
-    # 64 * 4096 * 16 bytes, 4 MB. Larger batches (pixels) are reduced at once.
-    _KEEP_AT_MOST = 4096
-    _FOLD_EVERY = 64
-
-    def _update_logits(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Two kernels a small batch, half of a hand-written ``correct += (logits.argmax(1) == y).sum()``.
-
-        This runs every training step, where each kernel costs more than its arithmetic. The argmax of
-        logits is always a valid id, so only the target's extremes are kept (an id outside
-        ``[0, num_classes)`` makes ``compute()`` raise, so elements are not counted one by one). A small
-        batch keeps its predicted ids and ``target - predicted`` (both new tensors: the caller may reuse
-        its target tensor), from which 64 batches' hits and targets are recovered and reduced at once.
-        """
-        pred = preds.argmax(1)
-        if target.numel() > self._KEEP_AT_MOST:
-            _add_hits(state, pred, target)
-            return
-        self._deferred.append((pred, target - pred))
-        if len(self._deferred) >= self._FOLD_EVERY:
-            self._fold()
-
-    def _fold(self) -> None:
-        if self._deferred and self._state is not None:
-            kept, self._deferred = self._deferred, []
-            pred, offset = (torch.cat([x.reshape(-1) for x in column]) for column in zip(*kept, strict=True))
-            _add_hits(self._state, pred, offset + pred)
+    def _count(self, state: dict[str, torch.Tensor], ids: torch.Tensor, classes: int | None) -> None:
+        target, pred = ids[0], ids[1]  # rows 2.. (top_k > 1): more predicted ids, valid like `pred`
+        kept = None if self.ignore_index is None else target != self.ignore_index
+        if kept is not None:
+            ids.mul_(kept)  # ignored samples read 0 everywhere, valid ids, in the range checks below
+        extremes = {"target": target.aminmax(), "pred": pred.aminmax()}
+        pair = ids[:2]
+        target_inside, pred_inside = (pair >= 0 if classes is None else pair.clamp(0, classes - 1) == pair).unbind()
+        valid = target_inside & pred_inside
+        inside = valid.sum()
+        if kept is not None:
+            valid &= kept
+        hit = target == pred
+        for other in ids[2:]:
+            hit |= target == other
+        state["correct"] = state["correct"] + (hit & valid).sum()
+        state["total"] = state["total"] + (inside if kept is None else valid.sum())
+        state["out_of_range"] = state["out_of_range"] + (ids.shape[1] - inside)
+        for who, (low, high) in extremes.items():
+            state[f"{who}_min"] = torch.minimum(state[f"{who}_min"], low)
+            state[f"{who}_max"] = torch.maximum(state[f"{who}_max"], high)
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Restore the counts of :meth:`state_dict`; also reads the layout of trainkit 0.1.0 checkpoints.
@@ -185,12 +136,3 @@ class Accuracy(Metric):
         )  # fmt: skip
         dtype = torch.float32 if state["total"].device.type == "mps" else torch.float64
         return (state["correct"].to(dtype) / state["total"].to(dtype)).float()
-
-
-def _add_hits(state: dict[str, torch.Tensor], pred: torch.Tensor, target: torch.Tensor) -> None:
-    """Add the hits of predicted ids ``pred`` against ``target`` and the target's extremes to ``state``."""
-    low, high = target.aminmax()
-    state["correct"] = state["correct"] + (pred == target).sum()
-    state["total"] = state["total"] + target.numel()
-    state["target_min"] = torch.minimum(state["target_min"], low)
-    state["target_max"] = torch.maximum(state["target_max"], high)

@@ -9,11 +9,12 @@ out of every count. If ``ignore_index`` is a real class id (``0 <= ignore_index 
 0 to skip the background), that class's target pixels are left out and its per-class value is ``nan``
 and excluded from the mean, as in torchmetrics. Pass ``ignore_index=None`` when 255 is a real class.
 
-No host-device sync in ``update``: the batch is turned into flat indices ``target * C + pred`` and
-added with ``index_add_`` (``torch.bincount`` reads ``max().item()`` on CUDA, which would stall the
-GPU every batch). Ids outside ``[0, C)`` are not checked there, since that would need the host: they
-go into a separate counter, together with the smallest and largest ids seen, and ``compute()``
-raises a ``ValueError`` naming them.
+No host-device sync in ``update``: the (target, predicted) ids are counted into flat cells
+``target * C + pred`` with ``index_add_`` (``torch.bincount`` reads ``max().item()`` on CUDA, which
+would stall the GPU every batch). Ids outside ``[0, C)`` are not checked on the host either: they are
+counted apart, together with the smallest and largest ids seen, and ``compute()`` raises a
+``ValueError`` naming them. How ``update`` keeps ids and counts them in groups is described in
+:mod:`trainkit.metrics._base`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from trainkit.metrics._base import (
     check_ignore_index,
     check_int_option,
     check_threshold,
-    label_extremes,
     raise_if_out_of_range,
 )
 
@@ -63,23 +63,30 @@ class _ConfusionMetric(Metric):
             "label_max": ((2,), "max"),
         }
 
-    def _update(self, state: dict[str, torch.Tensor], preds: torch.Tensor, target: torch.Tensor) -> None:
-        pred, tgt = as_labels(
+    def _ids(self, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+        pred, tgt, classes = as_labels(
             preds, target, num_classes=self.num_classes, threshold=self.threshold, owner=type(self).__name__
         )
-        t, p = tgt.reshape(-1), pred.reshape(-1)
-        if t.numel() == 0:
-            return
-        c = self.num_classes
-        kept = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        bad = kept & ((t < 0) | (t >= c) | (p < 0) | (p >= c))
-        # Ignored and out-of-range elements all land in one spare bin that is dropped.
-        flat = torch.where(kept & ~bad, t * c + p, c * c)
-        ones = torch.ones((), dtype=torch.int64, device=t.device).expand(flat.numel())
-        bins = torch.zeros(c * c + 1, dtype=torch.int64, device=t.device).index_add_(0, flat, ones)
-        state["confmat"] = state["confmat"] + bins[:-1].view(c, c)
-        state["out_of_range"] = state["out_of_range"] + bad.sum()
-        low, high = label_extremes(t, p, kept)
+        return torch.stack([tgt, pred]), classes
+
+    def _count(self, state: dict[str, torch.Tensor], ids: torch.Tensor, classes: int | None) -> None:
+        # Ignored pairs are counted with weight 0 and read (0, 0), a valid pair, for the extremes. Ids outside
+        # [0, C) are moved onto the border of a (C + 2) x (C + 2) grid (-1 below, C above), so the grid's inner
+        # C x C block is the confusion matrix and its border counts the elements out of range.
+        c, width, n = self.num_classes, self.num_classes + 2, ids.shape[1]
+        target, pred = ids.unbind()
+        if self.ignore_index is None:
+            weight = torch.ones((), dtype=torch.int64, device=ids.device).expand(n)
+        else:
+            weight = torch.ne(target, self.ignore_index, out=torch.empty(n, dtype=torch.int64, device=ids.device))
+            ids.mul_(weight)
+        low, high = ids.aminmax(dim=1)
+        ids.clamp_(-1, c)
+        cell = torch.add(pred, target, alpha=width).add_(width + 1)
+        grid = torch.zeros(width * width, dtype=torch.int64, device=ids.device).index_add_(0, cell, weight)
+        inner = grid.as_strided((c, c), (width, 1), width + 1)  # grid.view(width, width)[1:-1, 1:-1] in one call
+        state["confmat"] = state["confmat"] + inner
+        state["out_of_range"] = state["out_of_range"] + (grid.sum() - inner.sum())
         state["label_min"] = torch.minimum(state["label_min"], low)
         state["label_max"] = torch.maximum(state["label_max"], high)
 
