@@ -141,7 +141,13 @@ def test_learns_a_toy_task_and_writes_the_run_dir(tmp_path: Path) -> None:
     assert list(rows[0]) == ["epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr"]
     assert [{k: float(v) for k, v in r.items()} for r in rows] == history
     tensorboard = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []  # events when installed
-    assert sorted(p.name for p in run.iterdir()) == [".trainkit.lock", "checkpoints", "curves.png", "metrics.csv", *tensorboard]
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".trainkit.lock",
+        "checkpoints",
+        "curves.png",
+        "metrics.csv",
+        *tensorboard,
+    ]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     last = trainkit.load_checkpoint(run / "checkpoints" / "last.pt")
@@ -424,7 +430,11 @@ def test_a_target_class_out_of_range_is_explained() -> None:
         ({"grad_accum": 2.0}, ValueError, r"`grad_accum` must be a positive integer, got 2\.0"),
         ({"scheduler_interval": "batch"}, ValueError, r"`scheduler_interval` must be 'epoch' or 'step', got 'batch'"),
         ({"on_nan": "ignore"}, ValueError, r"`on_nan` must be 'raise' or 'skip'"),
-        ({"clip_grad_norm": 0}, ValueError, r"`clip_grad_norm` must be a positive number or None"),
+        ({"clip_grad_norm": 0}, ValueError, r"`clip_grad_norm` must be a positive finite number or None"),
+        ({"clip_grad_norm": float("inf")}, ValueError, r"`clip_grad_norm` must be a positive finite number or None"),
+        ({"clip_grad_norm": float("nan")}, ValueError, r"`clip_grad_norm` must be a positive finite number or None"),
+        ({"lr": float("inf"), "sgd": True}, ValueError, r"learning rate must be finite and >= 0, got \[inf\]"),
+        ({"lr": float("nan"), "sgd": True}, ValueError, r"learning rate must be finite and >= 0, got \[nan\]"),
         ({"device": "cuda:7"}, ValueError, r"`device='cuda:7'`"),
         ({"device": "gpu"}, ValueError, r"`device='gpu'` is not a device PyTorch knows"),
         ({"amp": "fp8"}, ValueError, r"`amp='fp8'` is not a precision mode"),

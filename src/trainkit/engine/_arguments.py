@@ -6,6 +6,7 @@ and the fix, before any model, optimizer or loader is used. Loaders are prepared
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,12 +38,16 @@ def check_args(
         raise ValueError(f"`scheduler_interval` must be 'epoch' or 'step', got {interval!r}")
     if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
         raise ValueError(f"`grad_accum` must be a positive integer, got {grad_accum!r}")
-    if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
-        raise ValueError(f"`clip_grad_norm` must be a positive number or None, got {clip!r}")
+    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and 0 < clip < math.inf):
+        raise ValueError(f"`clip_grad_norm` must be a positive finite number or None, got {clip!r}")
     if on_nan not in ("raise", "skip"):
         raise ValueError(f"`on_nan` must be 'raise' or 'skip', got {on_nan!r}")
-    if any(g["lr"] < 0 for g in optimizer.param_groups if isinstance(g.get("lr"), (int, float))):
-        raise ValueError(f"the optimizer has a negative learning rate {[g['lr'] for g in optimizer.param_groups]}")
+    rates = [g.get("lr") for g in optimizer.param_groups]
+    if any(isinstance(lr, (int, float)) and not 0 <= lr < math.inf for lr in rates):  # NaN fails both comparisons
+        raise ValueError(
+            f"the optimizer's learning rate must be finite and >= 0, got {rates}; e.g. "
+            "`torch.optim.Adam(model.parameters(), lr=1e-3)`"
+        )
 
 
 def check_not_empty(loader: Any, name: str) -> None:

@@ -46,6 +46,7 @@ class LoopState:
     samples: int = 0
     metrics_updated: bool = False
     nonfinite_at: torch.Tensor | None = field(default=None, repr=False)
+    nonfinite_count: torch.Tensor | None = field(default=None, repr=False)
 
     def begin_epoch(self, epoch: int) -> None:
         """Reset the per-epoch counters for ``epoch``.
@@ -58,7 +59,24 @@ class LoopState:
         """
         self.epoch, self.batch_idx, self.samples = epoch, 0, 0
         self.metrics_updated = False
-        self.loss_sum = self.nonfinite_at = None
+        self.loss_sum = self.nonfinite_at = self.nonfinite_count = None
+
+    def count_nonfinite(self, loss: torch.Tensor, batch: int) -> None:
+        """Count a NaN/inf ``loss`` and keep the first such ``batch`` index, on the device (no synchronisation).
+
+        Example:
+            >>> state = LoopState()
+            >>> state.count_nonfinite(torch.tensor(1.0), 0); state.count_nonfinite(torch.tensor(float("nan")), 1)
+            >>> int(state.nonfinite_count), int(state.nonfinite_at)
+            (1, 1)
+        """
+        bad = ~torch.isfinite(loss.detach().reshape(()))
+        here = torch.where(bad, batch, _NO_BAD_BATCH)
+        if self.nonfinite_count is None or self.nonfinite_at is None:
+            self.nonfinite_count, self.nonfinite_at = bad.long(), here
+        else:
+            self.nonfinite_count = self.nonfinite_count + bad
+            self.nonfinite_at = torch.minimum(self.nonfinite_at, here)
 
     def mean_loss(self) -> float:
         """The epoch's mean loss so far (reads the device).

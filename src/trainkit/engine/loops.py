@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -210,11 +211,13 @@ def evaluate(
                     out = as_step_output(step(batch))
                 if out.loss is not None:
                     state.add_loss(out.loss, n)
+                    state.count_nonfinite(out.loss, i)
                 state.metrics_updated |= _update_metrics(metrics, out, own_metrics)
                 bar.advance(lambda: {"loss": state.mean_loss()})
     finally:
         bar.end_batches()
         model.train(was_training)
+    _warn_nonfinite(state, reduce, device)
     results: dict[str, float] = {}
     has_loss, fed = state.loss_sum is not None, state.metrics_updated
     if has_loss or reduce is not None:
@@ -263,6 +266,27 @@ def predict(
     finally:
         model.train(was_training)
     return outputs
+
+
+def _warn_nonfinite(
+    state: LoopState, reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: torch.device
+) -> None:
+    """Warn (never raise) when evaluation losses were NaN/inf: how many batches, and the first one."""
+    if state.nonfinite_count is None and reduce is None:
+        return
+    count = state.nonfinite_count if state.nonfinite_count is not None else torch.zeros((), device=device)
+    count = reduce(count.to(device, torch.float64)) if reduce is not None else count  # every rank joins
+    if int(count) == 0:
+        return
+    first = int(state.nonfinite_at) if state.nonfinite_at is not None else -1
+    where = f"the first at batch {first}" if first >= 0 else "on another rank"
+    warnings.warn(
+        f"evaluation: {int(count)} batch(es) had a NaN or infinite loss ({where}), so the mean loss is not finite "
+        "and is never chosen as the best; check the model for NaN weights (a learning rate too high) and the "
+        "validation data for NaN values",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainkit.engine import checkpoint as ckpt_io
-from trainkit.errors import CheckpointError
+from trainkit.engine.loop_state import raise_if_nonfinite
+from trainkit.errors import CheckpointError, NonFiniteLossError
 from trainkit.utils.device import move_to_device
 from trainkit.utils.seed import get_rng_state, seed_everything, set_rng_state
 
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
 
-__all__ = ["checkpoint_state", "epoch_sums", "resolve_resume", "restore_checkpoint", "start_run"]
+__all__ = ["check_savable", "checkpoint_state", "epoch_sums", "resolve_resume", "restore_checkpoint", "start_run"]
 
 
 def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
@@ -60,6 +61,43 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
     if mid_epoch:
         state["epoch_state"] = epoch_sums(trainer)
     return state
+
+
+def check_savable(trainer: Trainer, path: str | os.PathLike[str], last_good: str) -> None:
+    """Refuse to write a checkpoint after a NaN/inf loss or with NaN/inf weights (``NonFiniteLossError``).
+
+    A loss check deferred on an accelerator (read at the next refresh) is made now, so no checkpoint is
+    written after a non-finite step; then every floating tensor of the model is checked (one device read).
+    ``last_good`` says where the last good state is, for the message.
+
+    Example:
+        >>> from trainkit.engine.trainer import Trainer
+        >>> model = torch.nn.Linear(2, 2)
+        >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu")
+        >>> check_savable(t, "last.pt", "none")  # finite weights: nothing to say
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(float("nan"))
+        >>> check_savable(t, "last.pt", "the last good checkpoint is best.pt")
+        Traceback (most recent call last):
+        ...
+        trainkit.errors.NonFiniteLossError: not saving last.pt: the model holds NaN or infinite values (weight) ...
+    """
+    try:
+        raise_if_nonfinite(trainer.state)
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(f"not saving {path}: {err}; {last_good}") from None
+    floats = [(k, t) for k, t in ckpt_io.unwrap_model(trainer.module).state_dict().items() if t.is_floating_point()]
+    if not floats:
+        return
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist()
+    bad = [name for (name, _), ok in zip(floats, finite, strict=True) if not ok]
+    if bad:
+        listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteLossError(
+            f"not saving {path}: the model holds NaN or infinite values ({listed}) after optimizer step "
+            f"{trainer.state.global_step}: training diverged; {last_good}. Lower the learning rate or clip "
+            "gradients (`clip_grad_norm=1.0`), then resume from that checkpoint"
+        )
 
 
 def epoch_sums(trainer: Trainer) -> dict[str, Any]:

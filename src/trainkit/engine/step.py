@@ -114,6 +114,10 @@ class TrainStep:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.no_sync = getattr(model, "no_sync", None)  # looked up once: a missing nn.Module attribute is slow
         self.all_ranks_skip = on_nan == "skip" and _is_ddp(model)  # or DDP's all-reduce hangs on the others
+        # A skipped batch must leave the buffers as they were: its forward already updated BatchNorm's running
+        # statistics with NaN. Their values before each forward are kept (with on_nan="skip" only).
+        self.buffers = list(model.buffers()) if on_nan == "skip" else []
+        self.saved_buffers = [b.detach().clone() for b in self.buffers]
         self.autocast = self.precision.autocast()  # entered every step (sequentially: one object serves all)
         self.group_has_grad = False
 
@@ -131,6 +135,8 @@ class TrainStep:
         if i == group_start:
             self.optimizer.zero_grad(set_to_none=True)
             self.group_has_grad = False
+        if self.buffers:
+            torch._foreach_copy_(self.saved_buffers, self.buffers)
         try:
             with _no_sync_unless(self.no_sync, steps_now):  # forward and backward of a micro-step
                 with self.autocast:
@@ -139,6 +145,9 @@ class TrainStep:
                 finite = _finite_or_record(loss, state, self.check_now, self.on_nan)
                 if self.all_ranks_skip:
                     finite = _finite_on_all_ranks(finite, loss.device)
+                if not finite and self.buffers:  # skipped: put back the statistics this forward changed
+                    with torch.no_grad():
+                        torch._foreach_copy_(self.buffers, self.saved_buffers)
                 if finite:
                     self.precision.backward(loss / group_len if group_len > 1 else loss)
                     self.group_has_grad = True

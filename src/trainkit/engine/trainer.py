@@ -41,11 +41,12 @@ from trainkit.engine.loop_state import LoopState
 from trainkit.engine.loops import evaluate, predict
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
-from trainkit.engine.resume import checkpoint_state, epoch_sums, restore_checkpoint, start_run
+from trainkit.engine.resume import check_savable, checkpoint_state, epoch_sums, restore_checkpoint, start_run
 from trainkit.engine.run_dir import RunDir
 from trainkit.engine.seeding import Seeding
 from trainkit.engine.state import RunState
 from trainkit.engine.step import StepFn, default_step
+from trainkit.errors import NonFiniteLossError
 from trainkit.utils.device import resolve_device
 
 __all__ = ["Trainer"]
@@ -374,6 +375,10 @@ class Trainer:
             err = self._stop_after_signal()
             self.callbacks.dispatch("on_exception", self, err)
             raise err from None
+        except NonFiniteLossError as err:
+            better = err if "not saving" in str(err) else NonFiniteLossError(f"{err}; {self._last_good()}")
+            self.callbacks.dispatch("on_exception", self, better)
+            raise better from (None if better is err else err)
         except BaseException as err:
             self.callbacks.dispatch("on_exception", self, err)
             raise
@@ -395,6 +400,15 @@ class Trainer:
                       "train more)", flush=True)  # fmt: skip
             return False
         return True
+
+    def _last_good(self) -> str:
+        """Where the last state written before a NaN/inf is, for the messages that report one."""
+        saver = next((cb for cb in self.callbacks.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        written = saver.last_path if saver is not None else None
+        last = written or self.last_checkpoint_path()
+        if last is not None and Path(last).is_file():
+            return f"the last good state is {last} (resume with `resume={str(last)!r}`)"
+        return "no checkpoint holds an earlier state (`ModelCheckpoint(every_n_steps=N)` keeps one every N steps)"
 
     def _checkpoint_folder(self) -> Path | None:
         last = self.last_checkpoint_path()
@@ -445,6 +459,7 @@ class Trainer:
             >>> t.save_checkpoint(tempfile.mkdtemp() + "/ckpt.pt").name
             'ckpt.pt'
         """
+        check_savable(self, path, self._last_good())  # never a checkpoint with NaN/inf weights, nor after a NaN loss
         # Under DDP a mid-epoch checkpoint holds every rank's running sums: a collective, so every rank calls this.
         ranks = self.dist.gather(epoch_sums(self)) if self.dist.enabled and self.state.mid_epoch else None
         if not self.dist.is_main:

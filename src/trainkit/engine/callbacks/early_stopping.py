@@ -14,15 +14,17 @@ __all__ = ["EarlyStopping", "is_improvement"]
 
 
 def is_improvement(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    """Whether ``value`` beats ``best`` by more than ``min_delta`` in direction ``mode``.
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` in direction ``mode``; never when not finite.
+
+    A NaN or infinite value (a diverged run) is never an improvement, so it is never chosen as the best.
 
     Example:
-        >>> is_improvement(0.5, 0.6, "min"), is_improvement(0.5, 0.6, "max")
-        (True, False)
+        >>> is_improvement(0.5, 0.6, "min"), is_improvement(0.5, 0.6, "max"), is_improvement(float("inf"), None, "max")
+        (True, False, False)
     """
-    if math.isnan(value):
+    if not math.isfinite(value):
         return False
-    if best is None or math.isnan(best):
+    if best is None or not math.isfinite(best):
         return True
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
