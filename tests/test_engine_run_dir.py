@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,61 @@ def test_a_failed_plot_warns_and_keeps_the_finished_run(tmp_path: Path, monkeypa
         history = _trainer(tmp_path).fit(_data(), epochs=2)
     assert len(history) == 2 and (tmp_path / "checkpoints" / "last.pt").is_file()
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+
+
+# ----------------------------------------------------------------------------- resuming with other settings
+
+
+class _StopAt(trainkit.callbacks.Callback):
+    """Raise after batch ``n`` of epoch 1, as a crash would (the mid-epoch last.pt stays)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_train_batch_end(self, trainer, state, output):
+        if state.epoch == 0 and state.batch_idx == self.n:
+            raise RuntimeError("crash")
+
+
+def _checkpointing(run_dir, *, lr: float = 0.1, optimizer=torch.optim.SGD, callbacks=(), scheduler=False):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = optimizer(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5) if scheduler else None
+    return trainkit.Trainer(
+        model, opt, nn.CrossEntropyLoss(), device="cpu", progress=False, run_dir=run_dir, seed=0, scheduler=sched,
+        callbacks=[trainkit.callbacks.ModelCheckpoint(every_n_steps=1), *callbacks],
+    )  # fmt: skip
+
+
+def _shuffled(batch_size: int) -> DataLoader:
+    return DataLoader(TensorDataset(X, Y), batch_size=batch_size, shuffle=True)
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="crash"):
+        _checkpointing(tmp_path, callbacks=[_StopAt(2)]).fit(_shuffled(4), epochs=2)
+    refused = (
+        r"after 1 batch\(es\) of 4 samples, and this training loader makes batches of 2.*Resume with `batch_size=4`"
+    )
+    with pytest.raises(ValueError, match=refused):
+        _checkpointing(tmp_path).fit(_shuffled(2), epochs=2, resume="last")
+    history = _checkpointing(tmp_path).fit(_shuffled(4), epochs=2, resume="last")
+    assert history == _checkpointing(tmp_path / "whole").fit(_shuffled(4), epochs=2)
+
+
+def test_a_resume_says_the_learning_rate_comes_from_the_checkpoint(tmp_path: Path) -> None:
+    _checkpointing(tmp_path, scheduler=True).fit(_data(), epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same script resuming: no warning, whatever the scheduler did
+        _checkpointing(tmp_path, scheduler=True).fit(_data(), epochs=2, resume="last")
+    changed = _checkpointing(tmp_path, lr=0.01, scheduler=True)
+    with pytest.warns(UserWarning, match=r"learning rate included \(\[0\.1\], not the \[0\.01\].*on_fit_start"):
+        changed.fit(_data(), epochs=3, resume="last")
+    assert changed.optimizer.param_groups[0]["initial_lr"] == 0.1
+
+
+def test_a_resume_with_another_optimizer_class_names_both(tmp_path: Path) -> None:
+    _checkpointing(tmp_path).fit(_data(), epochs=1)
+    with pytest.raises(trainkit.errors.CheckpointError, match=r"written with a SGD optimizer and this run has a Adam"):
+        _checkpointing(tmp_path, optimizer=torch.optim.Adam).fit(_data(), epochs=2, resume="last")

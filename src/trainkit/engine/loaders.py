@@ -227,21 +227,44 @@ class TrainLoader:
         # the checkpoint was written (creating the iterator may draw, e.g. the workers' base seed).
         from trainkit.utils.seed import get_rng_state, set_rng_state
 
+        saved_size = (epoch_state or {}).get("batch_size")
+        if saved_size is not None and saved_size != self.batch_size:
+            raise ValueError(
+                f"the checkpoint was written in the middle of epoch {epoch + 1}, after {skip} batch(es) of "
+                f"{saved_size} samples, and this training loader makes batches of {self.batch_size}: continuing at batch {skip} "
+                f"would skip or repeat samples. Resume with `batch_size={saved_size}` (change it at an epoch boundary "
+                "instead: `ModelCheckpoint` writes last.pt at the end of every epoch)"
+            )
         rng = get_rng_state()
-        self.sampler.replay(epoch_state, skip=skip)
+        self.sampler.replay({k: v for k, v in (epoch_state or {}).items() if k != "batch_size"}, skip=skip)
         iterator = iter(self.loader)
         set_rng_state(rng)
         return iterator
 
+    @property
+    def batch_size(self) -> int | None:
+        """Samples a batch (``None`` when the loader does not say), recorded with a mid-epoch position.
+
+        Example:
+            >>> from trainkit.engine.distributed import DistributedContext
+            >>> TrainLoader(DataLoader(range(8), batch_size=4), DistributedContext.single(), seed=0).batch_size
+            4
+        """
+        size = getattr(self.sampler.batch_sampler, "batch_size", None) if self.sampler is not None else None
+        return size if isinstance(size, int) else getattr(self.given, "batch_size", None)
+
     def epoch_state(self) -> dict[str, Any] | None:
-        """The RNG states the current epoch's order was drawn from (for a mid-epoch checkpoint), if known.
+        """The RNG states the current epoch's order was drawn from and the batch size (for a mid-epoch
+        checkpoint), if known.
 
         Example:
             >>> from trainkit.engine.distributed import DistributedContext
             >>> TrainLoader([1], DistributedContext.single(), seed=0).epoch_state() is None
             True
         """
-        return self.sampler.epoch_state if self.sampler is not None else None
+        if self.sampler is None or self.sampler.epoch_state is None:
+            return None
+        return {**self.sampler.epoch_state, "batch_size": self.batch_size}
 
 
 def _warn_not_rebuilt(loader: DataLoader[Any], dist: DistributedContext, seeded: bool) -> None:

@@ -14,6 +14,7 @@ These functions read and write the trainer's public attributes only (``module``,
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
     state: dict[str, Any] = {
         "model": ckpt_io.unwrap_model(trainer.module).state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
+        "optimizer_class": type(trainer.optimizer).__name__,
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
         "scaler": trainer.precision.state_dict(),
         **trainer.state.state_dict(),
@@ -134,7 +136,24 @@ def restore_checkpoint(trainer: Trainer, path: str | os.PathLike[str]) -> dict[s
         >>> restore_checkpoint(t, p)["global_step"], t.state.global_step
         (0, 0)
     """
+    given_rates = _initial_rates(trainer.optimizer)
     ckpt = ckpt_io.load_checkpoint(path, trainer.module, trainer.optimizer, trainer.scheduler, map_location="cpu")
+    saved_class, own_class = ckpt.get("optimizer_class"), type(trainer.optimizer).__name__
+    if saved_class is not None and saved_class != own_class:
+        raise CheckpointError(
+            f"{path} was written with a {saved_class} optimizer and this run has a {own_class}: an optimizer's state "
+            f"does not carry over to another kind. Resume with `torch.optim.{saved_class}`, or start a new run from "
+            "the weights alone (`trainkit.load_checkpoint(path, model)`, then `fit` without `resume`)"
+        )
+    if _initial_rates(trainer.optimizer) != given_rates:
+        warnings.warn(
+            f"resuming from {path}: the optimizer's state comes from the checkpoint, learning rate included "
+            f"({_initial_rates(trainer.optimizer)}, not the {given_rates} of the optimizer given). To train on with "
+            "another learning rate, set it after the resume, e.g. in a callback's `on_fit_start`: "
+            "`for group in trainer.optimizer.param_groups: group['lr'] = 1e-4` (a scheduler goes on driving it)",
+            UserWarning,
+            stacklevel=5,
+        )
     if ckpt.get("scaler"):
         trainer.precision.load_state_dict(ckpt["scaler"])
     state = trainer.state
@@ -156,6 +175,11 @@ def restore_checkpoint(trainer: Trainer, path: str | os.PathLike[str]) -> dict[s
     if ckpt.get("rng") is not None:
         set_rng_state(ckpt["rng"])
     return ckpt
+
+
+def _initial_rates(optimizer: torch.optim.Optimizer) -> list[Any]:
+    """Each group's learning rate as configured: a scheduler's ``initial_lr`` when one set it, else ``lr``."""
+    return [group.get("initial_lr", group.get("lr")) for group in optimizer.param_groups]
 
 
 def start_run(trainer: Trainer, resume: str | os.PathLike[str] | None) -> None:
