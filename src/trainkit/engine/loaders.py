@@ -231,9 +231,9 @@ class TrainLoader:
         if saved_size is not None and saved_size != self.batch_size:
             raise ValueError(
                 f"the checkpoint was written in the middle of epoch {epoch + 1}, after {skip} batch(es) of "
-                f"{saved_size} samples, and this training loader makes batches of {self.batch_size}: continuing at batch {skip} "
-                f"would skip or repeat samples. Resume with `batch_size={saved_size}` (change it at an epoch boundary "
-                "instead: `ModelCheckpoint` writes last.pt at the end of every epoch)"
+                f"{saved_size} samples, and this training loader makes batches of {self.batch_size}: continuing at "
+                f"batch {skip} would skip or repeat samples. Resume with `batch_size={saved_size}` (change it at an "
+                "epoch boundary instead: `ModelCheckpoint` writes last.pt at the end of every epoch)"
             )
         rng = get_rng_state()
         self.sampler.replay({k: v for k, v in (epoch_state or {}).items() if k != "batch_size"}, skip=skip)
