@@ -104,3 +104,41 @@ def test_count_nonfinite_keeps_the_first_bad_batch() -> None:
     for i, value in enumerate([1.0, float("inf"), 2.0, float("nan")]):
         state.count_nonfinite(torch.tensor(value), i)
     assert int(state.nonfinite_count) == 2 and int(state.nonfinite_at) == 1
+
+
+# ----------------------------------------------------------------------------- other errors of the step
+
+
+def test_a_model_returning_a_dict_to_the_default_step_is_explained() -> None:
+    class DictModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return {"out": self.head(x), "aux": self.head(x)}
+
+    trainer = _trainer(DictModel())
+    with pytest.raises(trainkit.errors.TrainingError, match=r"the model returned a dict with keys \['out', 'aux'\], "
+                       r"but `CrossEntropyLoss` takes a tensor.*training_step=.*Original error:"):  # fmt: skip
+        trainer.fit([(X[:8], Y[:8])], epochs=1)
+
+
+def test_a_batch_of_one_reaching_batchnorm_is_explained() -> None:
+    trainer = _trainer(_model())
+    with pytest.raises(trainkit.errors.TrainingError, match=r"training step 1 \(batch 1\) failed: a batch of 1 sample "
+                       r"reached a BatchNorm layer.*drop_last=True"):  # fmt: skip
+        trainer.fit([(X[:8], Y[:8]), (X[:1], Y[:1])], epochs=1)
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield from zip(X.split(4), Y.split(4), strict=True)
+
+
+def test_a_loader_without_a_length_trains(tmp_path: Path) -> None:
+    loader = torch.utils.data.DataLoader(Stream(), batch_size=None)
+    trainer = _trainer(_model(), run_dir=tmp_path, progress=True)
+    with pytest.warns(UserWarning, match=r"IterableDataset"):
+        history = trainer.fit(loader, loader, epochs=2)
+    assert [row["epoch"] for row in history] == [1, 2] and trainer.state.global_step == 12

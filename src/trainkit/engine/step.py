@@ -64,12 +64,33 @@ def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, 
     def step(batch: Any) -> dict[str, Any]:
         inputs, targets = batch if type(batch) in (tuple, list) and len(batch) == 2 else split_batch(batch)
         outputs = model(inputs)
-        loss = loss_fn(outputs, targets) if loss_fn is not None else None
+        try:
+            loss = loss_fn(outputs, targets) if loss_fn is not None else None
+        except TypeError as err:
+            if isinstance(outputs, torch.Tensor):
+                raise
+            raise TrainingError(_structured_output_message(outputs, loss_fn, err)) from err
         if loss is None and need_loss:
             raise ValueError("the default training step needs `loss_fn`")
         return {"loss": loss, "outputs": outputs, "targets": targets}
 
     return step
+
+
+def _structured_output_message(outputs: Any, loss_fn: Any, err: TypeError) -> str:
+    if isinstance(outputs, Mapping):
+        kind = f"a {type(outputs).__name__} with keys {list(outputs)}"
+        pick = f'outputs["{next(iter(outputs), "out")}"]'
+    else:
+        kind = f"a {type(outputs).__name__} of {len(outputs)}" if isinstance(outputs, (tuple, list)) else "no tensor"
+        pick = "outputs[0]"
+    return (
+        f"the model returned {kind}, but `{type(loss_fn).__name__}` takes a tensor of logits (torchvision's "
+        "segmentation models return {'out': ..., 'aux': ...}). Pick the output the loss needs in a step of your own: "
+        f"`training_step=lambda batch: loss_fn({pick.replace('outputs', 'model(batch[0])')}, batch[1])` (and "
+        "`validation_step=` returning {'loss', 'outputs', 'targets'} for metrics), or wrap the model so it returns "
+        f"the tensor. Original error: {first_line(err)}"
+    )
 
 
 class TrainStep:
@@ -255,6 +276,11 @@ def _hint_for(message: str) -> str | None:
             "the targets' shape does not fit the model's outputs in `loss_fn`: CrossEntropyLoss takes [N, C, H, W] "
             "logits with [N, H, W] int64 class ids at the same H, W (drop a mask channel with `mask.squeeze(1)`; "
             "resize masks together with images in a joint transform)"
+        )
+    if "expected more than 1 value per channel when training" in text:
+        return (
+            "a batch of 1 sample reached a BatchNorm layer in training mode, which needs at least 2 values per "
+            "channel: drop the last, incomplete batch (`DataLoader(..., drop_last=True)`) or use a larger batch"
         )
     if any(s in text for s in _INPUT_SHAPE_ERRORS):
         return (
