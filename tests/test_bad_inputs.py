@@ -11,6 +11,8 @@ import errno
 import functools
 import io
 import shutil
+import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +128,20 @@ def _disk_full_while_saving(ctx: Ctx) -> None:
     save = functools.partial(checkpoint_module.save_checkpoint, opener=_DiskFull)
     ctx.monkeypatch.setattr(checkpoint_module, "save_checkpoint", save)
     _fit(ctx, [(X, Y)], epochs=3, resume="last")  # continues the finished 2-epoch run for one more epoch
+
+
+def _bit_rot_resume(ctx: Ctx) -> None:
+    """Resume from a copy of ``last.pt`` with 16 bytes of one tensor inverted (bit rot, a bad copy)."""
+    rotten = ctx.tmp / "rotten.pt"
+    shutil.copy(ctx.run_dir / "checkpoints" / "last.pt", rotten)
+    with zipfile.ZipFile(rotten) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+    data = bytearray(rotten.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
+    rotten.write_bytes(bytes(data))
+    _fit(ctx, [(X, Y)], resume=rotten)
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[Ctx], Any]:
@@ -289,6 +305,12 @@ CASES = [
         CheckpointError,
         r"could not write checkpoint .*(best|last)\.pt \(No space left on device\); the previous checkpoint there",
         grows=("metrics.csv", "tensorboard/"),
+    ),
+    Case(
+        "resume bit rot",
+        _bit_rot_resume,
+        CheckpointError,
+        r"rotten\.pt is corrupt: the CRC-32 of its entry .*/data/0 does not match its bytes \(a disk or copy error\)",
     ),
 ]
 

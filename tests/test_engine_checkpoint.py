@@ -7,12 +7,15 @@ import ast
 import errno
 import io
 import random
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.serialization import config as serialization_config
 
 import trainkit
 from trainkit.callbacks import ModelCheckpoint
@@ -250,3 +253,60 @@ def test_unwrap_model_keeps_a_users_module_that_has_a_module_attribute() -> None
     assert unwrap_model(model) is model
     assert unwrap_model(nn.DataParallel(model)) is model
     assert unwrap_model(torch.compile(model)) is model
+
+
+def _flip_bytes(path: Path, entry: str, count: int = 16, skip: int = 100) -> None:
+    """Invert ``count`` bytes of a zip entry's data in place, as bit rot or a bad copy would."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(entry)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local file header
+    start = info.header_offset + 30 + name_len + extra_len + skip
+    data[start : start + count] = bytes(b ^ 0xFF for b in data[start : start + count])
+    path.write_bytes(bytes(data))
+
+
+def _tensor_entry(path: Path) -> str:
+    with zipfile.ZipFile(path) as archive:
+        return next(name for name in archive.namelist() if name.endswith("/data/0"))
+
+
+def test_bit_rot_inside_a_tensor_is_reported_with_the_file_and_older_checkpoints(tmp_path: Path) -> None:
+    model = _model(64)
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict()})
+    path = save_checkpoint(tmp_path / "last.pt", {"model": model.state_dict(), "epoch": 2})
+    _flip_bytes(path, _tensor_entry(path))
+    target = _model(64)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(
+        CheckpointError,
+        match=r"last\.pt is corrupt: the CRC-32 of its entry archive/data/0 does not match its bytes \(a disk or copy "
+        r"error\); its weights cannot be trusted\. Use an older checkpoint: best\.pt in .*, or copy the file again",
+    ):
+        load_checkpoint(path, target)
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())  # the model is left as it was
+
+
+def test_bit_rot_in_the_pickle_of_a_plain_state_dict_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pt"
+    torch.save(_model().state_dict(), path)
+    _flip_bytes(path, next(n for n in zipfile.ZipFile(path).namelist() if n.endswith("data.pkl")), count=4, skip=20)
+    with pytest.raises(CheckpointError, match=r"plain\.pt is corrupt: the CRC-32 of its entry .*data\.pkl"):
+        load_checkpoint(path)
+
+
+def test_files_saved_without_crc32_still_load(tmp_path: Path) -> None:
+    model = _model()
+    saved_crc32 = serialization_config.save.compute_crc32
+    torch.serialization.set_crc32_options(False)
+    try:
+        path = save_checkpoint(tmp_path / "nocrc.pt", {"model": model.state_dict(), "epoch": 1})
+        torch.save(model.state_dict(), tmp_path / "plain-nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(saved_crc32)
+    for saved in (path, tmp_path / "plain-nocrc.pt"):
+        with zipfile.ZipFile(saved) as archive:
+            assert {info.CRC for info in archive.infolist()} == {0}  # really written without checksums
+        other = _model()
+        load_checkpoint(saved, other)
+        assert all(torch.equal(v, other.state_dict()[k]) for k, v in model.state_dict().items())

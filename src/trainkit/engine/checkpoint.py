@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, read with ``weights_only=True`` so a file can never run code.
+"""Checkpoints: written atomically, checked against their CRC-32s, read with ``weights_only=True`` (never run code).
 
 Format (a plain dict of tensors and plain Python types)::
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,6 +27,7 @@ from trainkit.errors import CheckpointError
 __all__ = ["FORMAT_VERSION", "load_checkpoint", "save_checkpoint", "unwrap_model"]
 
 FORMAT_VERSION = 1
+_CHUNK = 1 << 20  # bytes read at a time by the CRC-32 check
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -118,7 +120,10 @@ def load_checkpoint(
     """Read a checkpoint safely (``weights_only=True``) and load it into the objects given.
 
     A file written by trainkit, or a plain ``torch.save(model.state_dict())`` file, can be loaded.
-    A file that would run code when unpickled is refused, never executed.
+    A file that would run code when unpickled is refused, never executed. Before anything is read, every
+    entry of the file's zip container is checked against the CRC-32 that ``torch.save`` recorded for it,
+    so bit rot or a bad copy is an error rather than silently wrong weights (files saved with
+    ``torch.serialization.set_crc32_options(False)`` have no CRC-32s and load unchecked).
 
     Args:
         path: the checkpoint file.
@@ -134,8 +139,9 @@ def load_checkpoint(
         The checkpoint dict (for a plain state_dict file: ``{"model": state_dict}``).
 
     Raises:
-        CheckpointError: the file is missing, truncated, not a checkpoint, unsafe, from a newer
-            trainkit, or does not fit the model (missing/unexpected keys and shape mismatches listed).
+        CheckpointError: the file is missing, truncated, corrupt (a CRC-32 mismatch), not a checkpoint,
+            unsafe, from a newer trainkit, or does not fit the model (missing/unexpected keys and shape
+            mismatches listed).
 
     Example:
         >>> import tempfile
@@ -206,6 +212,7 @@ def load_model_state(
 
 
 def _read(path: Path, map_location: Any) -> dict[str, Any]:
+    _verify_crc32(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -233,6 +240,56 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
         f"{path} is not a trainkit checkpoint or a model state_dict (it holds a {type(obj).__name__}); save models "
         "with `trainkit.save_checkpoint` or `torch.save(model.state_dict(), path)`"
     )
+
+
+def _verify_crc32(path: Path) -> None:
+    """Compare each zip entry of ``path`` with the CRC-32 its header records; raise on a mismatch.
+
+    ``torch.save`` records a CRC-32 for every entry but ``torch.load`` never checks it, so flipped bytes inside
+    a tensor would load as wrong weights. An entry whose CRC-32 is 0 is not checked: files saved with
+    ``torch.serialization.set_crc32_options(False)`` have 0 for every entry. A file that is no readable zip
+    (truncated, torch's legacy format, not a checkpoint) is left to ``torch.load``, whose error names the problem.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    with archive:
+        for info in archive.infolist():
+            if info.CRC == 0:
+                continue
+            try:
+                with archive.open(info) as entry:  # raises BadZipFile at the end of an entry whose CRC-32 differs
+                    while entry.read(_CHUNK):
+                        pass
+            except (NotImplementedError, RuntimeError):  # a compression or encryption torch does not write either
+                return
+            except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as err:
+                if isinstance(err, OSError):
+                    what = f"reading its entry {info.filename} failed ({err.strerror or err})"
+                elif "Bad CRC-32" in str(err):
+                    what = f"the CRC-32 of its entry {info.filename} does not match its bytes"
+                else:
+                    what = f"its entry {info.filename} is damaged ({_first_line(err)})"
+                raise CheckpointError(
+                    f"{path} is corrupt: {what} (a disk or copy error); its weights cannot be trusted. Use an older "
+                    f"checkpoint: {_older_checkpoints(path)}, or copy the file again from where it came from"
+                ) from err
+
+
+def _older_checkpoints(path: Path) -> str:
+    """The other checkpoints next to ``path``, newest first, or the names a run writes."""
+    try:
+        others = sorted(
+            (p for p in path.parent.glob("*.pt") if p.name != path.name and p.is_file()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+    except OSError:
+        others = []
+    if not others:
+        return "`best.pt` or `last-step<N>.pt` of the same run (none are next to it)"
+    return ", ".join(p.name for p in others[:3]) + (" ..." if len(others) > 3 else "") + f" in {path.parent}"
 
 
 def _global_refused(err: BaseException) -> str | None:
