@@ -312,6 +312,13 @@ CASES = [
         CheckpointError,
         r"rotten\.pt is corrupt: the CRC-32 of its entry .*/data/0 does not match its bytes \(a disk or copy error\)",
     ),
+    Case(
+        "resume other architecture: the fix",
+        lambda c: _fit(c, [(X, Y)], model=_model(hidden=16), resume="last"),
+        CheckpointError,
+        r"3 shape mismatch\(es\).*same architecture arguments as when it was saved.*load only the tensors that fit: "
+        r".*`strict=False` alone does not skip shape mismatches",
+    ),
 ]
 
 

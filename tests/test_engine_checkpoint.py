@@ -7,6 +7,7 @@ import ast
 import errno
 import io
 import random
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -310,3 +311,30 @@ def test_files_saved_without_crc32_still_load(tmp_path: Path) -> None:
         other = _model()
         load_checkpoint(saved, other)
         assert all(torch.equal(v, other.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_a_shape_mismatch_suggests_the_architecture_or_a_filtered_state_dict_not_strict_false(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "w.pt", {"model": _model(8).state_dict()})
+    new_head = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 5))  # same body, another number of classes
+    for strict in (True, False):
+        with pytest.raises(CheckpointError, match=r"2 shape mismatch\(es\)") as raised:
+            load_checkpoint(path, new_head, strict=strict)
+        message = str(raised.value)
+        assert "strict=False` to load what fits" not in message  # strict=False never relaxes shapes
+        assert re.search(r"same architecture arguments as when it was saved \(e\.g\. the number of classes", message)
+        assert re.search(
+            r"load only the tensors that fit: `state = trainkit\.load_checkpoint\('.*w\.pt'\)\[\"model\"\]; ", message
+        )
+    # the recipe the message shows loads the body and leaves the new head as it was
+    head_before = new_head[2].weight.detach().clone()
+    state = load_checkpoint(path)["model"]
+    own = new_head.state_dict()
+    new_head.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
+    assert torch.equal(new_head[0].weight, state["0.weight"]) and torch.equal(new_head[2].weight, head_before)
+
+
+def test_missing_keys_alone_still_suggest_strict_false(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "w.pt", {"model": _model(8).state_dict()})
+    deeper = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.Linear(2, 2))
+    with pytest.raises(CheckpointError, match=r"2 missing key\(s\): 3\.weight, 3\.bias.*pass `strict=False` to load"):
+        load_checkpoint(path, deeper)

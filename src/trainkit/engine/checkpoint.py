@@ -133,7 +133,8 @@ def load_checkpoint(
         scaler: a ``GradScaler`` or :class:`MixedPrecision`; receives ``checkpoint["scaler"]``.
         map_location: where tensors are loaded (default CPU; ``load_state_dict`` then copies them
             to the parameters' devices).
-        strict: require the model's keys and shapes to match exactly.
+        strict: require the model's keys to match exactly; ``False`` loads the keys both have. Shapes must
+            match either way (the error for a mismatch shows how to load only the tensors that fit).
 
     Returns:
         The checkpoint dict (for a plain state_dict file: ``{"model": state_dict}``).
@@ -184,6 +185,8 @@ def load_model_state(
 ) -> None:
     """``model.load_state_dict`` with a readable error listing missing/unexpected keys and shape mismatches.
 
+    ``strict=False`` skips missing and unexpected keys; a shape mismatch is an error either way.
+
     Example:
         >>> load_model_state(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).state_dict())
     """
@@ -204,10 +207,20 @@ def load_model_state(
             parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
-        raise CheckpointError(
-            f"{path} does not fit {type(model).__name__}: " + "; ".join(parts) + ". Build the model with the same "
-            "architecture and arguments as when the checkpoint was saved (or pass `strict=False` to load what fits)"
-        )
+        if mismatched:  # `strict=False` skips missing and unexpected keys, never a shape mismatch
+            fix = (
+                "Build the model with the same architecture arguments as when it was saved (e.g. the number of "
+                "classes, channels, width or depth); to reuse the weights in another architecture (e.g. a new head), "
+                f'load only the tensors that fit: `state = trainkit.load_checkpoint({str(path)!r})["model"]; own = '
+                "model.state_dict(); model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape "
+                "== own[k].shape}, strict=False)` (`strict=False` alone does not skip shape mismatches)"
+            )
+        else:
+            fix = (
+                "Build the model with the same architecture arguments as when it was saved, or pass `strict=False` to "
+                "load the keys both have"
+            )
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}: " + "; ".join(parts) + ". " + fix)
     model.load_state_dict(state, strict=strict)
 
 
