@@ -319,6 +319,12 @@ CASES = [
         r"3 shape mismatch\(es\).*same architecture arguments as when it was saved.*load only the tensors that fit: "
         r".*`strict=False` alone does not skip shape mismatches",
     ),
+    Case(
+        "resume from the run folder",
+        lambda c: _fit(c, [(X, Y)], resume=c.run_dir),
+        CheckpointError,
+        r"run is a folder, not a checkpoint file; pass a checkpoint file in it: .*run/checkpoints/last\.pt \(or ",
+    ),
 ]
 
 

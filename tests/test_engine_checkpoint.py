@@ -338,3 +338,27 @@ def test_missing_keys_alone_still_suggest_strict_false(tmp_path: Path) -> None:
     deeper = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.Linear(2, 2))
     with pytest.raises(CheckpointError, match=r"2 missing key\(s\): 3\.weight, 3\.bias.*pass `strict=False` to load"):
         load_checkpoint(path, deeper)
+
+
+def test_a_folder_is_called_a_folder_and_the_checkpoints_in_it_are_named(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(
+        CheckpointError,
+        match=r"empty is a folder, not a checkpoint file, and holds no checkpoints; pass a checkpoint file, e\.g\. "
+        r"`.*empty/checkpoints/last\.pt` of a run directory",
+    ):
+        load_checkpoint(empty)
+    run_dir = tmp_path / "run"
+    save_checkpoint(run_dir / "checkpoints" / "best.pt", {"model": _model().state_dict()})
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", {"model": _model().state_dict()})
+    with pytest.raises(
+        CheckpointError,
+        match=r"run is a folder, not a checkpoint file; pass a checkpoint file in it: .*run/checkpoints/last\.pt "
+        r"\(or .*run/checkpoints/best\.pt\)",
+    ):
+        load_checkpoint(run_dir, _model())
+    with pytest.raises(
+        CheckpointError, match=r"checkpoints is a folder.*: .*run/checkpoints/last\.pt \(or .*best\.pt\)"
+    ):
+        load_checkpoint(run_dir / "checkpoints")

@@ -152,6 +152,8 @@ def load_checkpoint(
         3
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(_folder_message(path))
     if not path.is_file():
         hint = " (did training write a checkpoint? `run_dir` must be set)" if path.suffix == ".pt" else ""
         raise CheckpointError(f"checkpoint {path} does not exist{hint}")
@@ -288,6 +290,22 @@ def _verify_crc32(path: Path) -> None:
                     f"{path} is corrupt: {what} (a disk or copy error); its weights cannot be trusted. Use an older "
                     f"checkpoint: {_older_checkpoints(path)}, or copy the file again from where it came from"
                 ) from err
+
+
+def _folder_message(folder: Path) -> str:
+    """What to pass instead of a folder: the checkpoints in it or in its ``checkpoints/`` (``last.pt`` first)."""
+    try:
+        found = [p for p in (*folder.glob("*.pt"), *folder.glob("checkpoints/*.pt")) if p.is_file()]
+    except OSError:
+        found = []
+    if not found:
+        return (
+            f"checkpoint {folder} is a folder, not a checkpoint file, and holds no checkpoints; pass a checkpoint "
+            f"file, e.g. `{folder / 'checkpoints' / 'last.pt'}` of a run directory"
+        )
+    found.sort(key=lambda p: (p.name != "last.pt", p.name != "best.pt", str(p)))
+    more = f" (or {', '.join(map(str, found[1:3]))}{' ...' if len(found) > 3 else ''})" if len(found) > 1 else ""
+    return f"checkpoint {folder} is a folder, not a checkpoint file; pass a checkpoint file in it: {found[0]}{more}"
 
 
 def _older_checkpoints(path: Path) -> str:
