@@ -406,3 +406,40 @@ def test_a_nan_loss_raises_by_default_before_it_reaches_the_weights_or_the_check
     assert saved["global_step"] == 2
     weights = model.state_dict()
     assert all(torch.isfinite(w).all() and torch.equal(w, saved["model"][k]) for k, w in weights.items())
+
+
+# ---------------------------------------------------------------- data files that are not what they seem (issue 12)
+
+
+def _blocks(high: int, low: int = 0) -> np.ndarray:
+    """A 32x32 mask: two rectangles, of ``high`` and ``low + 1``, on ``low``."""
+    mask = np.full((32, 32), low, np.uint8)
+    mask[4:20, 6:26] = high
+    mask[22:30, 3:12] = low + 1
+    return mask
+
+
+def test_binary_jpeg_masks_are_not_silently_wrong(tmp_path: Path) -> None:
+    """0/255 masks saved as JPEG: thresholded at mid-range, with one warning a dataset."""
+    import warnings
+
+    images = _folder(tmp_path, "jpeg binary")
+    masks = images.parent / "masks"
+    (masks / "a0.png").unlink()
+    _image(images / "a0.png", (32, 32))
+    _image(images / "a1.png", (32, 32))
+    source = np.where(_blocks(255) > 0, 255, 0).astype(np.uint8)
+    Image.fromarray(source).save(masks / "a0.jpg")
+    Image.fromarray(source).save(masks / "a1.png")
+    assert ((np.array(Image.open(masks / "a0.jpg")) > 0) != (source > 0)).sum() > 100  # noise around the edges
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = SegmentationDataset(images, masks, target="binary")
+        targets = [ds[0][1], ds[1][1], ds[0][1]]
+    assert [str(w.message) for w in caught if "lossy" in str(w.message)] == [
+        "1 of 2 masks are JPEG files (lossy): compression noise changes mask values near edges, so `target='binary'` "
+        "takes values above mid-range (> 127 for 8-bit) as foreground in them, not any non-zero value; pass "
+        "`threshold=` for another rule (`threshold=0` for 0/1 masks), or re-save the masks as PNG"
+    ]
+    for target in targets:
+        np.testing.assert_array_equal(target.numpy(), (source > 0).astype(np.int64))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -324,6 +326,77 @@ def test_argument_errors(tmp_path: Path, kwargs: dict, error: type, match: str) 
     layout = layouts.penn_fudan(tmp_path, n=1)
     with pytest.raises(error, match=match):
         SegmentationDataset(layout.images, layout.masks, mask_suffix="_mask", **kwargs)
+
+
+# ---------------------------------------------------------------- lossy (JPEG) masks
+
+
+def _blocks(k: int, high: int) -> np.ndarray:
+    """A 32x32 mask of two rectangles of value ``high`` on 0, different for each ``k``."""
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4 + k : 20 + k, 6:26] = high
+    mask[22:30, 3 + k : 12 + k] = high
+    return mask
+
+
+def _folders_with_masks(root: Path, masks: list[np.ndarray], name: str = "a{k}.jpg", **save: object) -> Path:
+    """images/a{k}.png and masks/<name> written from ``masks`` (``save`` options go to Pillow); returns root."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for k, mask in enumerate(masks):
+        Image.fromarray(np.zeros((*mask.shape, 3), np.uint8)).save(root / "images" / f"a{k}.png")
+        Image.fromarray(mask).save(root / "masks" / name.format(k=k), **save)
+    return root
+
+
+def _lossy_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "(lossy)" in str(w.message)]
+
+
+def test_binary_jpeg_masks_are_thresholded_at_mid_range_with_one_warning(tmp_path: Path) -> None:
+    sources = [_blocks(k, 255) for k in range(3)]
+    root = _folders_with_masks(tmp_path, sources)
+    noisy = np.array(Image.open(root / "masks" / "a0.jpg"))
+    assert ((noisy > 0) != (sources[0] > 0)).sum() > 100  # "any non-zero" would be wrong around every edge
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = SegmentationDataset(root / "images", root / "masks", target="binary")
+        targets = [ds[k][1] for k in range(3)] + [ds[0][1]]
+        copy = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker gets: it does not warn again
+        copy[1]
+    (message,) = _lossy_warnings(caught)
+    assert re.search(
+        r"3 of 3 masks are JPEG files \(lossy\): compression noise .* `target='binary'` takes values above "
+        r"mid-range \(> 127 for 8-bit\) as foreground .*pass `threshold=`.*re-save the masks as PNG",
+        message,
+    )
+    for target, source in zip(targets, [*sources, sources[0]], strict=True):
+        np.testing.assert_array_equal(target.numpy(), (source > 0).astype(np.int64))
+
+
+def test_jpeg_content_under_another_name_is_found_by_content(tmp_path: Path) -> None:
+    source = _blocks(0, 255)
+    root = _folders_with_masks(tmp_path, [source, source], name="a{k}.png", format="JPEG")
+    ds = SegmentationDataset(root / "images", root / "masks", target="binary")
+    with pytest.warns(UserWarning, match=r"masks such as .*a0\.png are JPEG files \(lossy\)") as caught:
+        targets = [ds[0][1], ds[1][1]]
+    assert len(_lossy_warnings(caught.list)) == 1
+    for target in targets:
+        np.testing.assert_array_equal(target.numpy(), (source > 0).astype(np.int64))
+
+
+def test_an_explicit_threshold_wins_and_lossless_masks_keep_any_non_zero(tmp_path: Path) -> None:
+    jpeg = _folders_with_masks(tmp_path / "jpeg", [_blocks(0, 255)])
+    noisy = np.array(Image.open(jpeg / "masks" / "a0.jpg"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = SegmentationDataset(jpeg / "images", jpeg / "masks", target="binary", threshold=10)
+        np.testing.assert_array_equal(ds[0][1].numpy(), (noisy > 10).astype(np.int64))
+        ones = _folders_with_masks(tmp_path / "png", [_blocks(0, 1), _blocks(1, 255)], name="a{k}.png")
+        ds = SegmentationDataset(ones / "images", ones / "masks", target="binary")
+        np.testing.assert_array_equal(ds[0][1].numpy(), _blocks(0, 1).astype(np.int64))  # 0/1 masks: any non-zero
+        np.testing.assert_array_equal(ds[1][1].numpy(), _blocks(1, 1).astype(np.int64))
+    assert _lossy_warnings(caught) == []
 
 
 # ---------------------------------------------------------------- seeding (the mechanism: tests/test_engine_loaders.py)

@@ -15,7 +15,14 @@ from PIL import Image
 from torchvision.io import decode_gif, read_file
 
 from data_layouts import random_image, save_palette
-from trainkit.data._decode import _png_values_decodable, pixel_format, read_image, read_mask
+from trainkit.data._decode import (
+    _png_values_decodable,
+    lossy_format,
+    pixel_format,
+    read_bytes,
+    read_image,
+    read_mask,
+)
 from trainkit.errors import DecodeError
 
 RNG = np.random.default_rng(0)
@@ -249,3 +256,32 @@ def test_pixel_format_reports_mode_and_channels(tmp_path: Path) -> None:
     assert pixel_format(tmp_path / "g.png") == ("L", 1)
     assert pixel_format(tmp_path / "p.png") == ("P", 3)
     assert pixel_format(tmp_path / "x.png") == ("unknown", None)
+
+
+def test_an_unknown_format_is_named_without_internals(tmp_path: Path) -> None:
+    text_file(tmp_path / "notes.png")
+    with pytest.raises(DecodeError, match=r"notes\.png: cannot decode \(not a format Pillow recognises\)") as err:
+        read_mask(tmp_path / "notes.png")
+    assert "BytesIO" not in str(err.value)
+
+
+def test_an_unreadable_file_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(path: Path, dtype: object) -> np.ndarray:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "fromfile", denied)
+    with pytest.raises(DecodeError, match=r"a\.png: cannot read the file \(permission denied\); make it readable"):
+        read_image(tmp_path / "a.png")
+
+
+# ---------------------------------------------------------------- bytes read once, lossy formats
+
+
+def test_lossy_format_is_read_from_the_content(tmp_path: Path) -> None:
+    mask = np.zeros((8, 8), np.uint8)
+    Image.fromarray(mask).save(tmp_path / "jpeg.png", format="JPEG")
+    Image.fromarray(mask).save(tmp_path / "png.jpg", format="PNG")
+    Image.fromarray(mask).save(tmp_path / "w.webp", lossless=True)
+    assert lossy_format(read_bytes(tmp_path / "jpeg.png")) == "JPEG"
+    assert lossy_format(read_bytes(tmp_path / "png.jpg")) is None
+    assert lossy_format(read_bytes(tmp_path / "w.webp")) is None

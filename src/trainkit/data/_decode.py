@@ -10,12 +10,18 @@ transparency (its ``UNCHANGED`` mode returns their stored indices; it misreads 1
 transparent ones, and expands GIF palettes to RGB). Pillow decodes everything else; TIFF goes through
 ``tifffile`` when installed (LZW and friends need ``imagecodecs``), else Pillow.
 
+Each file is read once (:func:`read_bytes`) and decoded from memory; a caller that already holds the bytes (to
+hash them, or to ask :func:`lossy_format`) passes them as ``data=``. TIFF is the exception: it is decoded from
+the file, because a multi-page stack can be gigabytes of which only the first page is wanted.
+
 torchvision 0.29 deprecated its image decoders in favour of TorchCodec and warns on every call; that one
 warning is filtered here, and a torchvision without the decoders makes Pillow decode everything.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import re
 import warnings
 from pathlib import Path
@@ -32,7 +38,15 @@ try:
 except ImportError:  # a torchvision that dropped its decoders: Pillow decodes everything
     ImageReadMode = decode_image = None  # type: ignore[assignment,misc]
 
-__all__ = ["IMAGE_EXTENSIONS", "check_channels", "pixel_format", "read_image", "read_mask"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "check_channels",
+    "lossy_format",
+    "pixel_format",
+    "read_bytes",
+    "read_image",
+    "read_mask",
+]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 """File extensions (lower case) that are listed as images or masks; everything else in a folder is ignored."""
@@ -62,8 +76,24 @@ def _kind(head: bytes) -> str:
     return "other"  # GIF, BMP and anything else Pillow can identify
 
 
+def lossy_format(data: np.ndarray) -> str | None:
+    """The name of the file's format when its compression is lossy (``"JPEG"``), else ``None``.
+
+    A lossy mask does not hold the values it was saved with: compression noise adds values near every edge
+    (a 0/255 mask gains 1..254), so it needs a threshold to be a binary mask and cannot be a class-id mask.
+
+    Example:
+        >>> lossy_format(np.frombuffer(b"\\xff\\xd8\\xff\\xe0", np.uint8)), lossy_format(np.zeros(8, np.uint8))
+        ('JPEG', None)
+    """
+    return "JPEG" if _kind(data[:12].tobytes()) == "jpeg" else None
+
+
 def _decode_error(path: Path, err: BaseException) -> DecodeError:
-    reason = _CPP_LOCATION.sub("", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    if isinstance(err, UnidentifiedImageError):  # its message names a BytesIO object, not the file
+        reason = "not a format Pillow recognises"
+    else:
+        reason = _CPP_LOCATION.sub("", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     return DecodeError(
         f"{path}: cannot decode ({reason}); the file is truncated, corrupt or not an image: "
         "re-export it, or remove it from the folder"
@@ -156,11 +186,32 @@ def _alpha(image: torch.Tensor) -> torch.Tensor:
     return torch.full_like(image[:1], 255)
 
 
-def _read_bytes(path: Path) -> np.ndarray:
+def read_bytes(path: Path) -> np.ndarray:
+    """The whole file as a writable uint8 array (``torch.from_numpy`` shares it without a copy).
+
+    Raises:
+        DecodeError: the file cannot be read (permissions, a broken link, an I/O error).
+
+    Example:
+        >>> data = read_bytes(Path("masks/a.png"))  # doctest: +SKIP
+        >>> data[:4].tobytes()  # doctest: +SKIP
+        b'\\x89PNG'
+    """
     try:
         return np.fromfile(path, dtype=np.uint8)
+    except PermissionError as err:
+        raise DecodeError(
+            f"{path}: cannot read the file (permission denied); make it readable by the user running trainkit "
+            f"(e.g. `chmod a+r {path}`)"
+        ) from err
     except OSError as err:
-        raise DecodeError(f"{path}: cannot read the file ({err})") from err
+        fix = "fix or delete the link" if err.errno == errno.ELOOP else "check that it exists and is a file"
+        raise DecodeError(f"{path}: cannot read the file ({err.strerror or err}); {fix}") from err
+
+
+def _in_memory(data: np.ndarray) -> io.BytesIO:
+    """A file object over bytes already read, for Pillow and tifffile (a copy: small next to the decode)."""
+    return io.BytesIO(data.data)
 
 
 def _png_values_decodable(data: np.ndarray) -> bool:
@@ -186,13 +237,18 @@ def check_channels(channels: int) -> None:
         raise ValueError(f"`channels` must be 1 (gray), 3 (RGB) or 4 (RGBA), got {channels!r}")
 
 
-def read_image(path: Path, channels: int = 3) -> torch.Tensor:
+def read_image(path: Path, channels: int = 3, *, data: np.ndarray | None = None) -> torch.Tensor:
     """Decode an image file into a uint8 ``[channels, H, W]`` tensor (first frame/page of animations/stacks).
 
+    Args:
+        path: The image file (named in errors).
+        channels: 1 (gray), 3 (RGB) or 4 (RGBA).
+        data: The file's bytes from :func:`read_bytes`, when the caller already read them.
+
     Raises:
-        DecodeError: the file is truncated, corrupt, not an image, or needs a missing TIFF codec.
+        DecodeError: the file is unreadable, truncated, corrupt, not an image, or needs a missing TIFF codec.
     """
-    data = _read_bytes(path)
+    data = read_bytes(path) if data is None else data
     kind = _kind(data[:12].tobytes())
     if kind in ("png", "jpeg", "webp") and decode_image is not None:
         mode = "RGB" if kind == "jpeg" and channels == 4 else _READ_MODES[channels]  # JPEG has no RGBA mode
@@ -210,7 +266,7 @@ def read_image(path: Path, channels: int = 3) -> torch.Tensor:
             raise DecodeError(f"{path}: {chw.shape[0]} channels per pixel; expected 1 to 4 (gray, RGB, RGBA)")
         return _convert_channels(chw, channels)
     try:
-        with Image.open(path) as pil:
+        with Image.open(_in_memory(data)) as pil:
             if pil.mode in ("I", "F") or pil.mode.startswith("I;16"):
                 array = _to_uint8(np.array(pil), path)
                 return _convert_channels(torch.from_numpy(array).unsqueeze(0), channels)
@@ -222,9 +278,9 @@ def read_image(path: Path, channels: int = 3) -> torch.Tensor:
     return torch.from_numpy(array).unsqueeze(0) if array.ndim == 2 else torch.from_numpy(array).permute(2, 0, 1)
 
 
-def _read_with_pillow(path: Path, rgb: bool) -> np.ndarray:
+def _read_with_pillow(path: Path, data: np.ndarray, rgb: bool) -> np.ndarray:
     try:
-        with Image.open(path) as opened:
+        with Image.open(_in_memory(data)) as opened:
             pil: Image.Image = opened  # converted below: a plain Image, no longer the file's ImageFile
             if rgb and pil.mode not in ("RGB", "RGBA"):
                 pil = pil.convert("RGB")
@@ -237,7 +293,7 @@ def _read_with_pillow(path: Path, rgb: bool) -> np.ndarray:
         raise _decode_error(path, err) from err
 
 
-def read_mask(path: Path, *, rgb: bool = False) -> np.ndarray:
+def read_mask(path: Path, *, rgb: bool = False, data: np.ndarray | None = None) -> np.ndarray:
     """Read a mask's stored values: ``[H, W]`` (palette indices, gray levels, 16-bit ids) or ``[H, W, 3]``.
 
     Args:
@@ -245,14 +301,15 @@ def read_mask(path: Path, *, rgb: bool = False) -> np.ndarray:
         rgb: Return ``[H, W, 3]`` uint8 colours (palette and gray masks are expanded) for ``color_map``.
             Otherwise an ``[H, W, 3+]`` colour mask comes back as ``[H, W, 3]`` unless its channels are equal
             (a gray mask saved as RGB), which gives ``[H, W]``.
+        data: The file's bytes from :func:`read_bytes`, when the caller already read them.
 
     Returns:
         The values, possibly a read-only array (Pillow's buffer is not copied): callers derive new arrays.
 
     Raises:
-        DecodeError: the file is truncated, corrupt, not an image, or needs a missing TIFF codec.
+        DecodeError: the file is unreadable, truncated, corrupt, not an image, or needs a missing TIFF codec.
     """
-    data = _read_bytes(path)
+    data = read_bytes(path) if data is None else data
     kind = _kind(data[:12].tobytes())
     if kind == "tiff":
         array = _read_tiff(path)
@@ -262,7 +319,7 @@ def read_mask(path: Path, *, rgb: bool = False) -> np.ndarray:
         except RuntimeError as err:
             raise _decode_error(path, err) from err
     else:
-        array = _read_with_pillow(path, rgb)
+        array = _read_with_pillow(path, data, rgb)
     if array.dtype == np.bool_:
         array = array.view(np.uint8)
     if rgb and array.ndim == 2:

@@ -4,7 +4,7 @@ Contract of a sample ``image, target = ds[i]``:
 
 * ``image``: ``tv_tensors.Image`` uint8 ``[C, H, W]``, ``C = channels``;
 * ``target="semantic"``: ``tv_tensors.Mask`` int64 ``[H, W]`` of class ids (``ignore_index`` kept);
-* ``target="binary"``: ``tv_tensors.Mask`` int64 ``[H, W]`` of 0/1;
+* ``target="binary"``: ``tv_tensors.Mask`` int64 ``[H, W]`` of 0/1 (lossy JPEG masks: thresholded at mid-range);
 * ``target="instance"``: torchvision's detection dict: ``masks`` (``tv_tensors.Mask`` bool ``[N, H, W]``),
   ``boxes`` (``tv_tensors.BoundingBoxes`` float32 xyxy, ``x2``/``y2`` = last column/row + 1), ``labels``
   int64 ``[N]``, ``area`` float32 ``[N]`` (box area), ``iscrowd`` int64 zeros, ``image_id`` int64 (the index).
@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from trainkit.data._decode import check_channels, read_image, read_mask
+from trainkit.data._decode import check_channels, lossy_format, read_bytes, read_image, read_mask
 from trainkit.data._encoding import MaskEncoding
 from trainkit.data._pairing import pair_files
 from trainkit.data._targets import binary_target, instance_target, label_table, semantic_target
@@ -40,6 +40,8 @@ __all__ = ["TARGETS", "ClassDict", "SegmentationDataset", "read_class_dict"]
 
 TARGETS: tuple[str, ...] = ("semantic", "binary", "instance")
 """The target kinds :class:`SegmentationDataset` builds."""
+
+_LOSSY_SUFFIXES = (".jpg", ".jpeg")  # mask files named as lossy; the rules follow the content (`lossy_format`)
 
 Sample = tuple[tv_tensors.Image, Any]
 JointTransform = Callable[[tv_tensors.Image, Any], tuple[Any, Any]]
@@ -59,7 +61,9 @@ class SegmentationDataset(Dataset[Sample]):
         value_map: ``{raw_value: class_id}`` for single-channel masks whose values are not class ids.
         ignore_index: Class id of "don't care" pixels; stored pixels with this value pass through untouched
             (and are not objects for ``target="instance"``).
-        threshold: ``target="binary"`` only: foreground is ``value > threshold`` (default: any non-zero).
+        threshold: ``target="binary"`` only: foreground is ``value > threshold``. By default any non-zero value
+            is foreground, except in lossy (JPEG) mask files, whose compression noise puts values 1..254 near the
+            edges of a 0/255 mask: there foreground is above mid-range (``> 127`` for 8-bit), with one warning.
             Without a map, 0/255 masks give 0/1 (255 counts as foreground, not ignore).
         instance_labels: ``target="instance"`` only: ``{object_id: class}``; default: every object is class 1.
         channels: Image channels: 1 (gray), 3 (RGB) or 4 (RGBA); gray, palette and RGBA files are converted.
@@ -133,6 +137,12 @@ class SegmentationDataset(Dataset[Sample]):
         self.samples: list[tuple[Path, Path]] = pair_files(
             self.images, self.masks, mask_suffix=mask_suffix, recursive=recursive, strict=strict
         )
+        # One warning a dataset: here, from the names, so DataLoader workers inherit `_lossy_warned`; a lossy
+        # file under another name is caught by its content in `_load` (then once per process).
+        self._lossy_warned = False
+        lossy = sum(mask.suffix.lower() in _LOSSY_SUFFIXES for _, mask in self.samples)
+        if lossy:
+            self._warn_lossy(f"{lossy} of {len(self.samples)} masks are JPEG files", stacklevel=2)
 
     def __len__(self) -> int:
         """Number of image/mask pairs.
@@ -159,25 +169,51 @@ class SegmentationDataset(Dataset[Sample]):
         with _one_thread():
             return self._load(index, image_path, mask_path)
 
+    def _warn_lossy(self, which: str, stacklevel: int) -> None:
+        """Warn once that masks are lossy, saying what this dataset does with them."""
+        if self._lossy_warned or self.threshold is not None:  # an explicit threshold is the user's rule
+            return
+        self._lossy_warned = True
+        if self.target == "binary" and not self.encoding.mapped:
+            effect = (
+                "`target='binary'` takes values above mid-range (> 127 for 8-bit) as foreground in them, not any "
+                "non-zero value; pass `threshold=` for another rule (`threshold=0` for 0/1 masks), or re-save the "
+                "masks as PNG"
+            )
+        else:
+            effect = "class ids there are not the ones saved; re-save the masks losslessly (PNG)"
+        warnings.warn(
+            f"{which} (lossy): compression noise changes mask values near edges, so {effect}",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+
     def _load(self, index: int, image_path: Path, mask_path: Path) -> Sample:
         image = read_image(image_path, self.channels)
-        raw = read_mask(mask_path, rgb=self.encoding.color_map is not None)
+        mask_data = read_bytes(mask_path)
+        raw = read_mask(mask_path, rgb=self.encoding.color_map is not None, data=mask_data)
         if tuple(image.shape[-2:]) != raw.shape[:2]:
             raise DataError(
                 f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but its mask {mask_path} is "
                 f"{raw.shape[1]}x{raw.shape[0]}; resize the mask to the image (nearest neighbour) or fix the pairing"
             )
-        target = self._build_target(raw, mask_path, index)
+        lossy = lossy_format(mask_data)
+        if lossy:
+            self._warn_lossy(f"masks such as {mask_path} are {lossy} files", stacklevel=3)
+        target = self._build_target(raw, mask_path, index, lossy)
         sample_image = tv_tensors.Image(image)
         if self.transforms is None:
             return sample_image, target
         return self.transforms(sample_image, target)
 
-    def _build_target(self, raw: np.ndarray, mask_path: Path, index: int) -> Any:
+    def _build_target(self, raw: np.ndarray, mask_path: Path, index: int, lossy: str | None) -> Any:
         encoding = self.encoding
         if self.target == "binary" and not encoding.mapped:
             values = raw.max(axis=2) if raw.ndim == 3 else raw  # colour masks: any non-zero channel
-            return binary_target(values, threshold=self.threshold, ignore_index=None)
+            threshold = self.threshold
+            if threshold is None and lossy:  # noise near edges: a 0/255 JPEG holds 1..254 there (8-bit, uint8)
+                threshold = np.iinfo(values.dtype).max // 2
+            return binary_target(values, threshold=threshold, ignore_index=None)
         ids = encoding.class_ids(raw, mask_path)
         if self.target == "binary":
             return binary_target(ids, threshold=self.threshold, ignore_index=encoding.ignore_index)
