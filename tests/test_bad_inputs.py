@@ -419,6 +419,44 @@ def _blocks(high: int, low: int = 0) -> np.ndarray:
     return mask
 
 
+def _jpeg_classes(ctx: Ctx) -> None:
+    with pytest.warns(UserWarning, match=r"masks are JPEG files \(lossy\)"):
+        ds = _pairs(ctx, "jpeg classes", num_classes=3)
+    ds[0]
+
+
+DATA_CASES = [
+    Case(
+        "multiclass JPEG mask",
+        _jpeg_classes,
+        MaskValueError,
+        r"a0\.jpg: mask values \[3.*\] are outside `num_classes`=3 .*the file is a lossy JPEG: .*class-id masks must "
+        r"be saved losslessly \(re-save the masks as PNG\)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folders for DATA_CASES."""
+    root = tmp_path_factory.mktemp("hostile")
+    _image(_folder(root, "jpeg classes") / "a0.png", (32, 32))
+    (root / "jpeg classes" / "masks" / "a0.png").unlink()
+    Image.fromarray(_blocks(2)).save(root / "jpeg classes" / "masks" / "a0.jpg", quality=95)
+    return root
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=[case.id for case in DATA_CASES])
+def test_a_bad_data_file_raises_a_clear_error(
+    case: Case, hostile_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "link" in case.id and not (hostile_data / "looping link").exists():
+        pytest.skip("symbolic links cannot be made here")
+    with pytest.raises(case.error, match=case.match) as raised:
+        case.call(Ctx(run_dir=tmp_path / "run", data=hostile_data, tmp=tmp_path, monkeypatch=monkeypatch))
+    assert type(raised.value).__module__ in ("builtins", "trainkit.errors")
+
+
 def test_binary_jpeg_masks_are_not_silently_wrong(tmp_path: Path) -> None:
     """0/255 masks saved as JPEG: thresholded at mid-range, with one warning a dataset."""
     import warnings

@@ -118,6 +118,23 @@ def test_max_files_and_jpeg_mask_warning(tmp_path: Path) -> None:
     assert any("1 masks are JPEG files" in w for w in report.warnings)
 
 
+def test_jpeg_class_masks_are_errors_that_say_the_file_is_lossy(tmp_path: Path) -> None:
+    layout = layouts.penn_fudan(tmp_path, n=2)
+    mask = layout.masks / "FudanPed00002_mask.png"
+    ids = np.zeros((24, 32), np.uint8)
+    ids[2:14, 4:20] = 2
+    ids[16:22, 3:12] = 1
+    Image.fromarray(ids).save(mask.with_suffix(".jpg"), quality=95)
+    mask.unlink()
+    report = check(layout.images, layout.masks, mask_suffix="_mask", num_classes=3)
+    assert [e for e in report.errors if "FudanPed00002_mask.jpg" in e] == [
+        f"{mask.with_suffix('.jpg')}: mask values [3] are outside `num_classes`=3 (valid: 0..2, or "
+        "`ignore_index`=255); the file is a lossy JPEG: its compression changes values near edges, and class-id "
+        "masks must be saved losslessly (re-save the masks as PNG)"
+    ]
+    assert any("1 masks are JPEG files" in w and "losslessly (PNG)" in w for w in report.warnings)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"channels": 5}, r"`channels` must be"), ({"max_files": 0}, r"`max_files` must be a positive integer")],

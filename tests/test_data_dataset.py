@@ -399,6 +399,22 @@ def test_an_explicit_threshold_wins_and_lossless_masks_keep_any_non_zero(tmp_pat
     assert _lossy_warnings(caught) == []
 
 
+def test_class_id_masks_saved_as_jpeg_say_the_file_is_lossy(tmp_path: Path) -> None:
+    classes = _blocks(0, 2)
+    classes[22:30, 3:12] = 1
+    root = _folders_with_masks(tmp_path, [classes], quality=95)
+    assert np.array(Image.open(root / "masks" / "a0.jpg")).max() > 2  # compression noise beyond the classes
+    lossy = r"the file is a lossy JPEG: .*class-id masks must be saved losslessly \(re-save the masks as PNG\)"
+    with pytest.warns(UserWarning, match=r"1 of 1 masks are JPEG files \(lossy\).*re-save the masks losslessly"):
+        ds = SegmentationDataset(root / "images", root / "masks", num_classes=3)
+    with pytest.raises(MaskValueError, match=rf"a0\.jpg: mask values \[3.*\] are outside `num_classes`=3 .*; {lossy}"):
+        ds[0]
+    with pytest.warns(UserWarning, match=r"\(lossy\)"):
+        mapped = SegmentationDataset(root / "images", root / "masks", value_map={0: 0, 1: 1, 2: 2})
+    with pytest.raises(MaskValueError, match=rf"a0\.jpg: mask values \[3.*\] are not keys of `value_map` .*; {lossy}"):
+        mapped[0]
+
+
 # ---------------------------------------------------------------- seeding (the mechanism: tests/test_engine_loaders.py)
 
 

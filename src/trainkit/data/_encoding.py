@@ -20,7 +20,7 @@ import numpy as np
 
 from trainkit.errors import MaskValueError
 
-__all__ = ["MaskEncoding", "is_int", "runs"]
+__all__ = ["MaskEncoding", "is_int", "lossy_fix", "runs"]
 
 _SHOWN = 8  # offending values named in a message
 
@@ -28,6 +28,19 @@ _SHOWN = 8  # offending values named in a message
 def is_int(value: object) -> bool:
     """Whether ``value`` is a Python or NumPy integer (``bool`` excluded), for argument checks."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def lossy_fix(lossy: str) -> str:
+    """The fix for wrong values in a lossy mask file: values near edges are compression noise, not classes.
+
+    Example:
+        >>> lossy_fix("JPEG").split(":")[0]
+        'the file is a lossy JPEG'
+    """
+    return (
+        f"the file is a lossy {lossy}: its compression changes values near edges, and class-id masks must be saved "
+        "losslessly (re-save the masks as PNG)"
+    )
 
 
 def _listed(values: np.ndarray) -> str:
@@ -121,24 +134,28 @@ class MaskEncoding:
                 raise ValueError(f"`value_map` values must be class ids >= 0, got {class_id!r} for {raw!r}")
         return {int(raw): int(class_id) for raw, class_id in value_map.items()}
 
-    def class_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
+    def class_ids(self, raw: np.ndarray, path: Path, *, lossy: str | None = None) -> np.ndarray:
         """Class ids ``[H, W]`` from a decoded mask (``[H, W, 3]`` when a ``color_map`` is set).
 
         Without a map the stored values are the ids, in their stored integer dtype (uint8 stays uint8, so
-        comparisons downstream stay cheap); a map gives int64.
+        comparisons downstream stay cheap); a map gives int64. ``lossy``: the file's format when it is lossy
+        (:func:`~trainkit.data._decode.lossy_format`), so that errors blame the compression, not the map.
 
         Raises:
             MaskValueError: colours or values missing from the map, a colour mask without ``color_map``, or
                 non-integer values; the message names the file.
         """
         if self._colour_keys is not None and self._colour_ids is not None:
-            return self._lookup_colours(raw, path, self._colour_keys, self._colour_ids)
+            return self._lookup_colours(raw, path, self._colour_keys, self._colour_ids, lossy)
         if raw.ndim == 3:
             colours = np.unique(raw.reshape(-1, raw.shape[2])[:: max(1, raw.shape[0] * raw.shape[1] // 4096)], axis=0)
-            raise MaskValueError(
-                f"{path}: the mask stores RGB colours (e.g. {[tuple(c) for c in colours[:3].tolist()]}); "
+            fix = (
                 "pass `color_map={(r, g, b): class_id, ...}` (or `read_class_dict(...)`), or save masks as "
                 "palette/grayscale PNGs of class ids"
+            )
+            raise MaskValueError(
+                f"{path}: the mask stores RGB colours (e.g. {[tuple(c) for c in colours[:3].tolist()]}); "
+                f"{lossy_fix(lossy) if lossy else fix}"
             )
         ids = raw
         if ids.dtype.kind == "f":
@@ -150,9 +167,9 @@ class MaskEncoding:
             ids = ids.astype(np.int64)
         elif ids.dtype.kind not in "iu":
             ids = ids.astype(np.int64)
-        return ids if self._table is None else self._lookup_values(ids, path, self._table)
+        return ids if self._table is None else self._lookup_values(ids, path, self._table, lossy)
 
-    def _lookup_values(self, ids: np.ndarray, path: Path, table: np.ndarray) -> np.ndarray:
+    def _lookup_values(self, ids: np.ndarray, path: Path, table: np.ndarray, lossy: str | None) -> np.ndarray:
         low, high = int(ids.min(initial=0)), int(ids.max(initial=0))
         if high >= len(table):
             table = np.concatenate([table, np.full(high + 1 - len(table), -1, dtype=np.int64)])
@@ -161,14 +178,16 @@ class MaskEncoding:
         if low < 0:
             unknown |= ids < 0
         if unknown.any():
+            fix = f"add them to `value_map` (map them to `ignore_index`={self.ignore_index} to ignore them)"
             raise MaskValueError(
                 f"{path}: mask values {_listed(np.unique(ids[unknown]))} are not keys of `value_map` "
-                f"{self.value_map}; add them to `value_map` (map them to `ignore_index`={self.ignore_index} to "
-                "ignore them)"
+                f"{self.value_map}; {lossy_fix(lossy) if lossy else fix}"
             )
         return mapped
 
-    def _lookup_colours(self, raw: np.ndarray, path: Path, keys: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+    def _lookup_colours(
+        self, raw: np.ndarray, path: Path, keys: np.ndarray, class_ids: np.ndarray, lossy: str | None
+    ) -> np.ndarray:
         if raw.ndim != 3 or raw.shape[2] < 3:
             raise MaskValueError(f"{path}: `color_map` needs an RGB mask, got shape {tuple(raw.shape)}")
         packed = (raw[:, :, 0].astype(np.int32) << 16) | (raw[:, :, 1].astype(np.int32) << 8) | raw[:, :, 2]
@@ -179,14 +198,17 @@ class MaskEncoding:
             colours_found = np.unique(values[unknown])
             colours = [((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in colours_found[:_SHOWN].tolist()]
             more = f" ... ({len(colours_found)} distinct)" if len(colours_found) > _SHOWN else ""
+            fix = "add them to `color_map` (map them to `ignore_index` to ignore them)"
             raise MaskValueError(
                 f"{path}: colours {colours}{more} are not in `color_map` ({int(lengths[unknown].sum())} pixels); "
-                "add them to `color_map` (map them to `ignore_index` to ignore them)"
+                f"{lossy_fix(lossy) if lossy else fix}"
             )
         return np.repeat(class_ids[position], lengths).reshape(packed.shape)
 
-    def check_classes(self, ids: np.ndarray, path: Path) -> None:
+    def check_classes(self, ids: np.ndarray, path: Path, *, lossy: str | None = None) -> None:
         """Raise when class ids fall outside ``[0, num_classes)`` (``ignore_index`` allowed).
+
+        ``lossy``: the file's format when it is lossy, so that the error blames the compression.
 
         Raises:
             MaskValueError: naming the file and the offending values.
@@ -199,8 +221,9 @@ class MaskEncoding:
         if self.ignore_index is not None:
             bad &= ids != self.ignore_index
         if bad.any():
+            fix = "fix `num_classes`, or remap the values with `value_map`/`color_map`"
             raise MaskValueError(
                 f"{path}: mask values {_listed(np.unique(ids[bad]))} are outside `num_classes`={self.num_classes} "
                 f"(valid: 0..{self.num_classes - 1}, or `ignore_index`={self.ignore_index}); "
-                "fix `num_classes`, or remap the values with `value_map`/`color_map`"
+                f"{lossy_fix(lossy) if lossy else fix}"
             )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from trainkit.data._encoding import is_int
+from trainkit.data._encoding import is_int, lossy_fix
 from trainkit.errors import MaskValueError
 
 __all__ = ["binary_target", "instance_target", "label_table", "object_ids", "semantic_target"]
@@ -81,13 +81,20 @@ def label_table(instance_labels: Mapping[int, int] | None, num_classes: int | No
 
 
 def instance_target(
-    ids: np.ndarray, index: int, path: Path, *, ignore_index: int | None, labels: np.ndarray | None
+    ids: np.ndarray,
+    index: int,
+    path: Path,
+    *,
+    ignore_index: int | None,
+    labels: np.ndarray | None,
+    lossy: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """The torchvision detection dict for one mask of object ids.
 
     Boxes are xyxy in pixel-edge coordinates: ``x2``/``y2`` are the last column/row + 1, so a box spans whole
     pixels, one-pixel objects have positive width, and v2 flips/crops keep boxes aligned with masks.
     ``area`` is the box area, as torchvision's detection tutorial and ``trainkit.data.transforms`` compute it.
+    ``lossy``: the file's format when it is lossy, so that an unknown id blames the compression.
 
     Raises:
         MaskValueError: an object id missing from ``instance_labels``.
@@ -105,9 +112,10 @@ def instance_target(
         obj = obj_ids.astype(np.int64)
         classes = np.where(obj < len(labels), labels[np.minimum(obj, len(labels) - 1)], -1)
         if (classes < 0).any():
+            fix = "add them (background 0 and `ignore_index` are never objects)"
             raise MaskValueError(
-                f"{path}: object ids {obj[classes < 0][:8].tolist()} are not keys of `instance_labels`; add them "
-                "(background 0 and `ignore_index` are never objects)"
+                f"{path}: object ids {obj[classes < 0][:8].tolist()} are not keys of `instance_labels`; "
+                f"{lossy_fix(lossy) if lossy else fix}"
             )
     boxes_t = torch.from_numpy(boxes)
     return {

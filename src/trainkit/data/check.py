@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainkit.data._decode import check_channels, pixel_format, read_image, read_mask
+from trainkit.data._decode import check_channels, lossy_format, pixel_format, read_bytes, read_image, read_mask
 from trainkit.data._encoding import MaskEncoding, is_int
 from trainkit.data._pairing import ambiguous_message, find_pairs, list_image_files, unpaired_message
 from trainkit.errors import DataError
@@ -207,14 +207,16 @@ def _check_pair(
     histogram: np.ndarray,
 ) -> np.ndarray:
     """Decode one pair and record its problems in ``report``; return the updated class histogram."""
-    image = raw = None
+    image = raw = lossy = None
     try:
         image = read_image(image_path, channels)
         report.image_sizes[(image.shape[-1], image.shape[-2])] += 1
     except DataError as err:
         report.errors.append(str(err))
     try:
-        raw = read_mask(mask_path, rgb=encoding.color_map is not None)
+        data = read_bytes(mask_path)
+        lossy = lossy_format(data)
+        raw = read_mask(mask_path, rgb=encoding.color_map is not None, data=data)
     except DataError as err:
         report.errors.append(str(err))
     if raw is None:
@@ -225,7 +227,7 @@ def _check_pair(
             f"mask {mask_path} is {raw.shape[1]}x{raw.shape[0]}"
         )
     try:
-        ids = encoding.class_ids(raw, mask_path)
+        ids = encoding.class_ids(raw, mask_path, lossy=lossy)
     except DataError as err:
         report.errors.append(str(err))
         return histogram
@@ -235,7 +237,7 @@ def _check_pair(
             histogram = np.concatenate([histogram, np.zeros(len(counts) - len(histogram), dtype=np.int64)])
         histogram[: len(counts)] += counts
     try:
-        encoding.check_classes(ids, mask_path)
+        encoding.check_classes(ids, mask_path, lossy=lossy)
     except DataError as err:
         report.errors.append(str(err))
     return histogram
@@ -261,7 +263,7 @@ def _add_warnings(
     if jpeg_masks:
         report.warnings.append(
             f"{jpeg_masks} masks are JPEG files: lossy compression creates values that are not classes near edges; "
-            "use `target='binary'` with `threshold=`, or re-save masks as PNG"
+            "`target='binary'` thresholds them at mid-range (> 127), class-id masks must be re-saved losslessly (PNG)"
         )
     if num_classes is not None and report.class_histogram:
         unseen = [c for c in range(num_classes) if c not in report.class_histogram]

@@ -214,12 +214,14 @@ class SegmentationDataset(Dataset[Sample]):
             if threshold is None and lossy:  # noise near edges: a 0/255 JPEG holds 1..254 there (8-bit, uint8)
                 threshold = np.iinfo(values.dtype).max // 2
             return binary_target(values, threshold=threshold, ignore_index=None)
-        ids = encoding.class_ids(raw, mask_path)
+        ids = encoding.class_ids(raw, mask_path, lossy=lossy)
         if self.target == "binary":
             return binary_target(ids, threshold=self.threshold, ignore_index=encoding.ignore_index)
         if self.target == "instance":
-            return instance_target(ids, index, mask_path, ignore_index=encoding.ignore_index, labels=self._labels)
-        encoding.check_classes(ids, mask_path)
+            return instance_target(
+                ids, index, mask_path, ignore_index=encoding.ignore_index, labels=self._labels, lossy=lossy
+            )
+        encoding.check_classes(ids, mask_path, lossy=lossy)
         return semantic_target(ids)
 
     def __repr__(self) -> str:
