@@ -419,6 +419,21 @@ def _blocks(high: int, low: int = 0) -> np.ndarray:
     return mask
 
 
+def _deny_masks(ctx: Ctx, name: str) -> None:
+    """List the folder's masks as a user without read permission would (also when running as root)."""
+    import os
+
+    scandir, folder = os.scandir, ctx.data / name / "masks"
+
+    def denied(path: Any = ".") -> Any:
+        if Path(path) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    ctx.monkeypatch.setattr(os, "scandir", denied)
+    _pairs(ctx, name)
+
+
 def _jpeg_classes(ctx: Ctx) -> None:
     with pytest.warns(UserWarning, match=r"masks are JPEG files \(lossy\)"):
         ds = _pairs(ctx, "jpeg classes", num_classes=3)
@@ -433,16 +448,44 @@ DATA_CASES = [
         r"a0\.jpg: mask values \[3.*\] are outside `num_classes`=3 .*the file is a lossy JPEG: .*class-id masks must "
         r"be saved losslessly \(re-save the masks as PNG\)",
     ),
+    Case(
+        "image link loops",
+        lambda c: _pairs(c, "looping link"),
+        DataError,
+        r"images.b\.png is a symbolic link that loops \(it points to b\.png.*\); point it at the real image",
+    ),
+    Case(
+        "image link dangles",
+        lambda c: _pairs(c, "dangling link", strict=False),
+        DataError,
+        r"images.a1\.png is a broken symbolic link: its target .*gone\.png does not exist; point it at an existing",
+    ),
+    Case(
+        "masks folder unreadable",
+        lambda c: _deny_masks(c, "unreadable"),
+        DataError,
+        r"`masks` folder .*unreadable.masks cannot be read \(permission denied\); make it readable .*chmod",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def hostile_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folders for DATA_CASES."""
+    """Folders for DATA_CASES; a link case's folder is missing where links cannot be made."""
+    import os
+
     root = tmp_path_factory.mktemp("hostile")
     _image(_folder(root, "jpeg classes") / "a0.png", (32, 32))
     (root / "jpeg classes" / "masks" / "a0.png").unlink()
     Image.fromarray(_blocks(2)).save(root / "jpeg classes" / "masks" / "a0.jpg", quality=95)
+    _folder(root, "unreadable")
+    for name, link, target in (("looping link", "b.png", "b.png"), ("dangling link", "a1.png", "gone.png")):
+        images = _folder(root, name)
+        Image.fromarray(np.ones((16, 16), np.uint8)).save(root / name / "masks" / link)
+        try:
+            os.symlink(target, images / link)
+        except (OSError, NotImplementedError):
+            shutil.rmtree(root / name)
     return root
 
 
@@ -481,3 +524,16 @@ def test_binary_jpeg_masks_are_not_silently_wrong(tmp_path: Path) -> None:
     ]
     for target in targets:
         np.testing.assert_array_equal(target.numpy(), (source > 0).astype(np.int64))
+
+
+def test_an_nfd_mask_name_pairs_with_its_nfc_image_name(tmp_path: Path) -> None:
+    """A dataset copied from a Mac: the same name, two Unicode spellings, one pair (not two unpaired files)."""
+    import unicodedata
+
+    images = _folder(tmp_path, "unicode")
+    nfc, nfd = unicodedata.normalize("NFC", "Ødegård"), unicodedata.normalize("NFD", "Ødegård")
+    _image(images / f"{nfc}.png")
+    Image.fromarray(np.full((16, 16), 2, np.uint8)).save(images.parent / "masks" / f"{nfd}.png")
+    ds = SegmentationDataset(images, images.parent / "masks")
+    assert [(p.name, m.name) for p, m in ds.samples] == [("a0.png", "a0.png"), (f"{nfc}.png", f"{nfd}.png")]
+    assert ds[1][1].unique().tolist() == [2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -133,6 +134,25 @@ def test_jpeg_class_masks_are_errors_that_say_the_file_is_lossy(tmp_path: Path) 
         "masks must be saved losslessly (re-save the masks as PNG)"
     ]
     assert any("1 masks are JPEG files" in w and "losslessly (PNG)" in w for w in report.warnings)
+
+
+def test_an_unreadable_masks_folder_is_an_error_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = layouts.penn_fudan(tmp_path, n=1)
+    scandir = os.scandir
+
+    def denied(path: os.PathLike[str] | str = ".") -> object:
+        if Path(path) == layout.masks:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    report = check(layout.images, layout.masks, mask_suffix="_mask")
+    assert report.errors == [
+        f"`masks` folder {layout.masks} cannot be read (permission denied); make it readable by the user running "
+        f"trainkit (e.g. `chmod -R a+rX {layout.masks}`)"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import re
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -413,6 +415,100 @@ def test_class_id_masks_saved_as_jpeg_say_the_file_is_lossy(tmp_path: Path) -> N
         mapped = SegmentationDataset(root / "images", root / "masks", value_map={0: 0, 1: 1, 2: 2})
     with pytest.raises(MaskValueError, match=rf"a0\.jpg: mask values \[3.*\] are not keys of `value_map` .*; {lossy}"):
         mapped[0]
+
+
+# ---------------------------------------------------------------- folders and names that are not what they seem
+
+
+def _symlink(target: str, link: Path) -> None:
+    try:
+        os.symlink(target, link)
+    except (OSError, NotImplementedError) as err:  # e.g. Windows without the privilege
+        pytest.skip(f"cannot create symbolic links here: {err}")
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_an_image_link_that_loops_says_so(tmp_path: Path, recursive: bool) -> None:
+    root = _folders_with_masks(tmp_path, [_blocks(0, 1)], name="a{k}.png")
+    _symlink("b.png", root / "images" / "b.png")  # a link to itself
+    with pytest.raises(DataError, match=r"b\.png is a symbolic link that loops .*point it at the real image") as err:
+        SegmentationDataset(root / "images", root / "masks", recursive=recursive)
+    assert type(err.value) is DataError
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_an_image_link_that_dangles_says_so(tmp_path: Path, recursive: bool) -> None:
+    root = _folders_with_masks(tmp_path, [_blocks(0, 1), _blocks(1, 1)], name="a{k}.png")
+    (root / "images" / "a1.png").unlink()
+    _symlink(str(tmp_path / "gone" / "a1.png"), root / "images" / "a1.png")
+    with pytest.raises(
+        DataError, match=r"a1\.png is a broken symbolic link: its target .*gone.a1\.png does not exist; point it at"
+    ) as err:
+        SegmentationDataset(root / "images", root / "masks", recursive=recursive, strict=False)
+    assert type(err.value) is DataError  # not "mask has no image"
+
+
+def _unreadable(folder: Path) -> None:
+    """Remove every permission of ``folder``; skip when this process can read it anyway (root, or no POSIX modes)."""
+    if os.name != "posix":
+        pytest.skip("folder permissions are POSIX modes")
+    folder.chmod(0)
+    try:
+        os.listdir(folder)
+    except PermissionError:
+        return
+    folder.chmod(0o755)
+    who = "root (with CAP_DAC_OVERRIDE) reads" if os.geteuid() == 0 else "this file system lets this user read"
+    pytest.skip(f"{who} any folder: the permission is not enforced")
+
+
+def test_an_unreadable_masks_folder_is_named(tmp_path: Path) -> None:
+    root = _folders_with_masks(tmp_path, [_blocks(0, 1)], name="a{k}.png")
+    _unreadable(root / "masks")
+    try:
+        with pytest.raises(DataError, match=r"`masks` folder .*masks cannot be read \(permission denied\); make it"):
+            SegmentationDataset(root / "images", root / "masks")
+    finally:
+        (root / "masks").chmod(0o755)
+
+
+def deny(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``os.scandir(folder)`` fail as an unreadable folder does (also when running as root)."""
+    scandir = os.scandir
+
+    def denied(path: os.PathLike[str] | str = ".") -> object:
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_a_folder_that_cannot_be_listed_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recursive: bool
+) -> None:
+    root = _folders_with_masks(tmp_path, [_blocks(0, 1)], name="a{k}.png")
+    (root / "masks" / "sub").mkdir()
+    deny(monkeypatch, root / "masks" / "sub" if recursive else root / "masks")
+    with pytest.raises(DataError, match=r"`masks` folder .*masks(.sub)? cannot be read \(permission denied\)"):
+        SegmentationDataset(root / "images", root / "masks", recursive=recursive)
+
+
+def test_names_that_differ_only_in_unicode_normalisation_pair(tmp_path: Path) -> None:
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    root = _folders_with_masks(tmp_path, [_blocks(0, 1)], name="a{k}.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "images" / f"{nfc}.png")
+    Image.fromarray(_blocks(1, 3)).save(root / "masks" / f"{nfd}_mask.png")
+    (root / "masks" / "a0.png").rename(root / "masks" / "a0_mask.png")
+    if f"{nfd}_mask.png" not in os.listdir(root / "masks"):
+        pytest.skip("this file system normalises names itself")
+    ds = SegmentationDataset(root / "images", root / "masks", mask_suffix="_mask")
+    assert [(p.name, m.name) for p, m in ds.samples] == [("a0.png", "a0_mask.png"), (f"{nfc}.png", f"{nfd}_mask.png")]
+    np.testing.assert_array_equal(ds[1][1].numpy(), _blocks(1, 3))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "images" / f"{nfd}.png")  # both spellings
+    with pytest.raises(PairingError, match=r"share a stem.*café\.png.*differ only in their Unicode normal form"):
+        SegmentationDataset(root / "images", root / "masks", mask_suffix="_mask")
 
 
 # ---------------------------------------------------------------- seeding (the mechanism: tests/test_engine_loaders.py)

@@ -3,12 +3,16 @@
 A mask belongs to an image when the mask's path relative to the masks folder, without extension, equals
 the image's relative path without extension plus ``mask_suffix`` (``PNGImages/FudanPed00001.png`` ↔
 ``PedMasks/FudanPed00001_mask.png``). Extensions may differ (``.jpg`` image, ``_mask.gif`` mask). Pairs come
-in natural order (``img2`` before ``img10``), never from zipping two sorted listings.
+in natural order (``img2`` before ``img10``), never from zipping two sorted listings. Names are compared in
+Unicode normal form NFC: macOS writes ``é`` as ``e`` + a combining accent (NFD), Linux and Windows keep what
+they are given, so a dataset copied between them can hold two spellings of one name that look identical.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,20 +53,24 @@ def list_image_files(folder: str | os.PathLike[str], *, recursive: bool, role: s
     """Image files in ``folder`` (or below it with ``recursive=True``), natural order; other files ignored.
 
     Raises:
-        DataError: the folder does not exist, is not a folder, or holds no image files.
+        DataError: the folder does not exist, is not a folder, cannot be read or holds no image files, or an
+            image-named entry is a broken or looping symbolic link.
     """
     root = Path(folder)
-    if not root.exists():
-        raise DataError(f"`{role}` folder {root} does not exist; check the path (relative to {Path.cwd()})")
-    if not root.is_dir():
-        raise DataError(f"`{role}`={root} is a file; pass the folder that contains the {role}")
-    if recursive:
-        files: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not _skipped(d)]  # prune hidden folders and __MACOSX
-            files.extend(Path(dirpath, name) for name in filenames if _is_image_name(name))
-    else:
-        files = [Path(entry.path) for entry in os.scandir(root) if entry.is_file() and _is_image_name(entry.name)]
+    try:
+        if not root.exists():
+            if root.is_symlink():
+                _check_link(root, f"`{role}` folder")
+            raise DataError(f"`{role}` folder {root} does not exist; check the path (relative to {Path.cwd()})")
+        if not root.is_dir():
+            raise DataError(f"`{role}`={root} is a file; pass the folder that contains the {role}")
+        files = _scan(root, recursive=recursive, role=role)
+    except PermissionError as err:  # the folder, a subfolder, or a folder on the way to it
+        folder_named = Path(err.filename) if err.filename else root
+        raise DataError(
+            f"`{role}` folder {folder_named} cannot be read (permission denied); make it readable by the user running "
+            f"trainkit (e.g. `chmod -R a+rX {folder_named}`)"
+        ) from err
     if not files:
         nested = not recursive and any(_has_images(d) for d in root.iterdir() if d.is_dir() and not _skipped(d.name))
         hint = "; it has subfolders with images: pass `recursive=True`" if nested else ""
@@ -71,6 +79,49 @@ def list_image_files(folder: str | os.PathLike[str], *, recursive: bool, role: s
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}){' in any subfolder' if recursive else ''}{hint}"
         )
     return natsorted(files, key=lambda p: p.relative_to(root).as_posix(), alg=ns.PATH)
+
+
+def _scan(root: Path, *, recursive: bool, role: str) -> list[Path]:
+    """Image-named files in ``root`` (and its subfolders, not followed through links, when ``recursive``)."""
+    files: list[Path] = []
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if _skipped(entry.name):  # hidden files and folders, __MACOSX
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        folders.append(Path(entry.path))
+                    continue
+                if not _is_image_name(entry.name):
+                    continue
+                if entry.is_symlink():
+                    _check_link(Path(entry.path), "mask" if "mask" in role else "image")
+                if entry.is_file():
+                    files.append(Path(entry.path))
+    return files
+
+
+def _check_link(path: Path, what: str) -> None:
+    """Raise a ``DataError`` saying what is wrong with a symbolic link whose target cannot be opened."""
+    try:
+        os.stat(path)
+    except FileNotFoundError as err:
+        raise DataError(
+            f"{path} is a broken symbolic link: its target {os.readlink(path)} does not exist; point it at an "
+            f"existing {what} (`ln -sfn TARGET {path}`) or delete it"
+        ) from err
+    except OSError as err:
+        problem = (
+            f"loops (it points to {os.readlink(path)}, which leads back to itself)"
+            if err.errno == errno.ELOOP
+            else f"cannot be followed ({err.strerror})"
+        )
+        raise DataError(
+            f"{path} is a symbolic link that {problem}; point it at the real {what} (`ln -sfn TARGET {path}`) or "
+            "delete it"
+        ) from err
 
 
 def _is_image_name(name: str) -> bool:
@@ -82,7 +133,11 @@ def _has_images(folder: Path) -> bool:
 
 
 def _key(path: Path, root: Path) -> str:
-    return path.relative_to(root).with_suffix("").as_posix()
+    return _nfc(path.relative_to(root).with_suffix("").as_posix())
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def find_pairs(
@@ -100,9 +155,10 @@ def find_pairs(
     image_root, mask_root = Path(images), Path(masks)
     image_files = list_image_files(image_root, recursive=recursive, role="images")
     mask_files = list_image_files(mask_root, recursive=recursive, role="masks")
+    mask_suffix = _nfc(mask_suffix)
     if mask_suffix and image_root.resolve() == mask_root.resolve():  # one folder holding a.png and a_mask.png
-        image_files = [p for p in image_files if not p.stem.endswith(mask_suffix)]
-        mask_files = [p for p in mask_files if p.stem.endswith(mask_suffix)]
+        image_files = [p for p in image_files if not _nfc(p.stem).endswith(mask_suffix)]
+        mask_files = [p for p in mask_files if _nfc(p.stem).endswith(mask_suffix)]
 
     result = Pairing()
     by_image: dict[str, list[Path]] = {}
@@ -172,9 +228,15 @@ def _suffix_hint(pairing: Pairing, images: Path, masks: Path) -> str:
 
 def ambiguous_message(pairing: Pairing) -> str:
     """Name the files that share a stem, so pairing cannot tell which one is meant."""
-    groups = "; ".join(", ".join(str(p) for p in group) for group in pairing.ambiguous[:_SHOWN])
+    groups = "; ".join(", ".join(str(p) for p in group) + _spellings(group) for group in pairing.ambiguous[:_SHOWN])
     more = f" ... and {len(pairing.ambiguous) - _SHOWN} more groups" if len(pairing.ambiguous) > _SHOWN else ""
     return f"files share a stem, so pairing by stem is ambiguous: {groups}{more}; keep one file per stem"
+
+
+def _spellings(group: list[Path]) -> str:
+    if len({p.name for p in group}) > len({_nfc(p.name) for p in group}):
+        return " (names that differ only in their Unicode normal form, NFC vs NFD: they look identical)"
+    return ""
 
 
 def pair_files(
