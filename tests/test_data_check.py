@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,36 @@ def test_jpeg_class_masks_are_errors_that_say_the_file_is_lossy(tmp_path: Path) 
         "masks must be saved losslessly (re-save the masks as PNG)"
     ]
     assert any("1 masks are JPEG files" in w and "losslessly (PNG)" in w for w in report.warnings)
+
+
+opened: list[str] = []
+recording: list[bool] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if recording and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed: this one records only while `recording` is set
+
+
+def test_each_file_is_read_once(tmp_path: Path) -> None:
+    """Hash, pixel format and decode share one read of each image (GIF and BMP go through Pillow)."""
+    layout = layouts.penn_fudan(tmp_path, n=3)
+    for name, fmt in (("FudanPed00002", "GIF"), ("FudanPed00003", "BMP")):
+        png = layout.images / f"{name}.png"
+        Image.open(png).save(png.with_suffix(f".{fmt.lower()}"), format=fmt)
+        png.unlink()
+    opened.clear()
+    recording.append(True)
+    try:
+        report = check(layout.images, layout.masks, mask_suffix="_mask")
+    finally:
+        recording.clear()
+    assert report.ok and report.checked == 3 and report.pixel_formats == {"RGB": 2, "P": 1}
+    files = [*layout.images.iterdir(), *layout.masks.iterdir()]
+    assert sorted(p for p in opened if Path(p).parent in (layout.images, layout.masks)) == sorted(map(str, files))
 
 
 def test_an_unreadable_masks_folder_is_an_error_line_not_a_traceback(

@@ -285,3 +285,19 @@ def test_lossy_format_is_read_from_the_content(tmp_path: Path) -> None:
     assert lossy_format(read_bytes(tmp_path / "jpeg.png")) == "JPEG"
     assert lossy_format(read_bytes(tmp_path / "png.jpg")) is None
     assert lossy_format(read_bytes(tmp_path / "w.webp")) is None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".gif", ".bmp", ".jpg"])
+def test_decoders_use_bytes_already_read(tmp_path: Path, suffix: str) -> None:
+    indices = RNG.integers(0, 4, (12, 16)).astype(np.uint8)
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".jpg":
+        Image.fromarray(random_image(RNG, (12, 16))).save(path)
+    else:
+        save_palette(path, indices)
+    data = read_bytes(path)
+    image, mask, fmt = read_image(path), read_mask(path), pixel_format(path)
+    path.unlink()  # nothing below may open the file
+    assert torch.equal(read_image(path, data=data), image)
+    np.testing.assert_array_equal(read_mask(path, data=data), mask)
+    assert pixel_format(path, data=data) == fmt

@@ -331,14 +331,16 @@ def read_mask(path: Path, *, rgb: bool = False, data: np.ndarray | None = None) 
     return array
 
 
-def pixel_format(path: Path) -> tuple[str, int | None]:
+def pixel_format(path: Path, *, data: np.ndarray | None = None) -> tuple[str, int | None]:
     """How a file stores its pixels, read from its header: a mode name (``"RGB"``, ``"L"``, ``"P"``...) and
     the channel count a decoder produces before conversion (palette counts as 3, or 4 with transparency).
 
-    ``("unknown", None)`` when neither Pillow nor tifffile can read the header.
+    ``("unknown", None)`` when neither Pillow nor tifffile can read the header. ``data``: the file's bytes from
+    :func:`read_bytes`, when the caller already read them.
     """
+    source = path if data is None else _in_memory(data)
     try:
-        with Image.open(path) as pil:
+        with Image.open(source) as pil:
             mode = pil.mode
             if mode == "P" and "transparency" in pil.info:
                 return "P+transparency", 4
@@ -348,7 +350,7 @@ def pixel_format(path: Path) -> tuple[str, int | None]:
     try:
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path if data is None else _in_memory(data)) as tif:
             page = cast("tifffile.TiffPage", tif.pages[0])  # the first page is always a TiffPage, never a TiffFrame
             return f"TIFF {page.dtype}", int(page.samplesperpixel)
     except Exception:

@@ -3,7 +3,8 @@
 It runs the same pairing, decoding and mask rules as :class:`~trainkit.data.SegmentationDataset`, but
 records each failure (naming the file) and carries on, so one run lists all unpaired files, unreadable or
 truncated files, size mismatches and bad mask values, together with the per-class pixel histogram, the
-images' pixel formats and duplicate images.
+images' pixel formats and duplicate images. Each file is read once: its bytes are hashed, their header read
+and decoded from memory (TIFF images excepted, decoded from the file: see ``_decode``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from trainkit.data._decode import check_channels, lossy_format, pixel_format, read_bytes, read_image, read_mask
 from trainkit.data._encoding import MaskEncoding, is_int
@@ -172,30 +174,50 @@ def check(
         report.errors.append(unpaired_message(pairing, Path(images), Path(masks), mask_suffix))
     report.pairs = len(pairing.pairs)
 
-    histogram = np.zeros(0, dtype=np.int64)
-    hashes: dict[str, list[Path]] = {}
-    converted: Counter[str] = Counter()
-    jpeg_masks = 0
+    tally = _Tally()
     for image_path, mask_path in pairing.pairs[:max_files]:
         report.checked += 1
         try:
-            hashes.setdefault(hashlib.blake2b(image_path.read_bytes(), digest_size=16).hexdigest(), []).append(
-                image_path
-            )
-            fmt, stored = pixel_format(image_path)
-            report.pixel_formats[fmt] += 1
-            if stored is not None:
-                report.channel_counts[stored] += 1
-                if stored != channels:
-                    converted[fmt] += 1
-            jpeg_masks += mask_path.suffix.lower() in (".jpg", ".jpeg")
-            histogram = _check_pair(image_path, mask_path, channels, encoding, report, histogram)
+            _check_pair(image_path, mask_path, channels, encoding, report, tally)
         except Exception as err:  # a report, not a traceback: anything unexpected is one more error line
             report.errors.append(f"{image_path} / {mask_path}: unexpected {type(err).__name__}: {err}")
 
-    report.class_histogram = {i: int(n) for i, n in enumerate(histogram.tolist()) if n > 0}
-    _add_warnings(report, hashes, converted, jpeg_masks, channels, num_classes)
+    report.class_histogram = {i: int(n) for i, n in enumerate(tally.histogram.tolist()) if n > 0}
+    _add_warnings(report, tally, channels, num_classes)
     return report
+
+
+@dataclass
+class _Tally:
+    """What :func:`check` counts over the pairs before it writes warnings."""
+
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    hashes: dict[str, list[Path]] = field(default_factory=dict)
+    converted: Counter[str] = field(default_factory=Counter)
+    lossy_masks: Counter[str] = field(default_factory=Counter)
+
+
+def _check_image(image_path: Path, channels: int, report: CheckReport, tally: _Tally) -> torch.Tensor | None:
+    """Read one image once: hash it, read its pixel format and decode it; ``None`` when it cannot be read."""
+    try:
+        data = read_bytes(image_path)
+    except DataError as err:
+        report.errors.append(str(err))
+        return None
+    tally.hashes.setdefault(hashlib.blake2b(data.data, digest_size=16).hexdigest(), []).append(image_path)
+    fmt, stored = pixel_format(image_path, data=data)
+    report.pixel_formats[fmt] += 1
+    if stored is not None:
+        report.channel_counts[stored] += 1
+        if stored != channels:
+            tally.converted[fmt] += 1
+    try:
+        image = read_image(image_path, channels, data=data)
+    except DataError as err:
+        report.errors.append(str(err))
+        return None
+    report.image_sizes[(image.shape[-1], image.shape[-2])] += 1
+    return image
 
 
 def _check_pair(
@@ -204,23 +226,19 @@ def _check_pair(
     channels: int,
     encoding: MaskEncoding,
     report: CheckReport,
-    histogram: np.ndarray,
-) -> np.ndarray:
-    """Decode one pair and record its problems in ``report``; return the updated class histogram."""
-    image = raw = lossy = None
-    try:
-        image = read_image(image_path, channels)
-        report.image_sizes[(image.shape[-1], image.shape[-2])] += 1
-    except DataError as err:
-        report.errors.append(str(err))
+    tally: _Tally,
+) -> None:
+    """Decode one pair, record its problems in ``report`` and add its classes to ``tally.histogram``."""
+    image = _check_image(image_path, channels, report, tally)
     try:
         data = read_bytes(mask_path)
         lossy = lossy_format(data)
+        if lossy:
+            tally.lossy_masks[lossy] += 1
         raw = read_mask(mask_path, rgb=encoding.color_map is not None, data=data)
     except DataError as err:
         report.errors.append(str(err))
-    if raw is None:
-        return histogram
+        return
     if image is not None and tuple(image.shape[-2:]) != raw.shape[:2]:
         report.errors.append(
             f"size mismatch: image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH), "
@@ -230,39 +248,32 @@ def _check_pair(
         ids = encoding.class_ids(raw, mask_path, lossy=lossy)
     except DataError as err:
         report.errors.append(str(err))
-        return histogram
+        return
     if ids.size and int(ids.min()) >= 0 and int(ids.max()) < 2**20:
         counts = np.bincount(ids.reshape(-1))
-        if len(counts) > len(histogram):
-            histogram = np.concatenate([histogram, np.zeros(len(counts) - len(histogram), dtype=np.int64)])
-        histogram[: len(counts)] += counts
+        if len(counts) > len(tally.histogram):
+            grow = np.zeros(len(counts) - len(tally.histogram), dtype=np.int64)
+            tally.histogram = np.concatenate([tally.histogram, grow])
+        tally.histogram[: len(counts)] += counts
     try:
         encoding.check_classes(ids, mask_path, lossy=lossy)
     except DataError as err:
         report.errors.append(str(err))
-    return histogram
 
 
-def _add_warnings(
-    report: CheckReport,
-    hashes: dict[str, list[Path]],
-    converted: Counter[str],
-    jpeg_masks: int,
-    channels: int,
-    num_classes: int | None,
-) -> None:
-    report.duplicates = [group for group in hashes.values() if len(group) > 1]
+def _add_warnings(report: CheckReport, tally: _Tally, channels: int, num_classes: int | None) -> None:
+    report.duplicates = [group for group in tally.hashes.values() if len(group) > 1]
     for group in report.duplicates:
         report.warnings.append(
             f"identical images (same content): {', '.join(str(p) for p in group)}; duplicates can leak between "
             "train and validation splits"
         )
-    if converted:
-        formats = ", ".join(f"{n} stored as {fmt}" for fmt, n in converted.most_common())
+    if tally.converted:
+        formats = ", ".join(f"{n} stored as {fmt}" for fmt, n in tally.converted.most_common())
         report.warnings.append(f"images converted to `channels`={channels}: {formats}")
-    if jpeg_masks:
+    for lossy, count in tally.lossy_masks.items():
         report.warnings.append(
-            f"{jpeg_masks} masks are JPEG files: lossy compression creates values that are not classes near edges; "
+            f"{count} masks are {lossy} files: lossy compression creates values that are not classes near edges; "
             "`target='binary'` thresholds them at mid-range (> 127), class-id masks must be re-saved losslessly (PNG)"
         )
     if num_classes is not None and report.class_histogram:
