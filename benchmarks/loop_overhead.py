@@ -18,14 +18,26 @@ and the ratio to the hand loop of the same variant. Variants: ``fp32``; ``bf16``
 ``accum4`` (``grad_accum=4``); ``callbacks`` (EarlyStopping + LearningRateMonitor + ModelCheckpoint writing
 into a temporary ``run_dir``, which also writes ``metrics.csv`` and ``curves.png`` once a fit).
 
+Variants with one metric at its default arguments, each against a hand loop that computes the same
+number itself (SGD, batch 32, fp32): ``acc``, a tiny MLP (32 -> 64 -> 4) with ``Accuracy()`` against
+``correct += (out.argmax(1) == y).sum()``; ``miou`` and ``dice``, a tiny conv net on ``[N, 3, 16, 16]``
+images and ``[N, 16, 16]`` int64 masks (4 classes) with ``MeanIoU(num_classes=4)`` / ``Dice(num_classes=4)``
+against a hand loop that keeps a ``torch.bincount`` confusion matrix and computes IoU / Dice from it at
+the end of each epoch. ``hand+tk.metric`` is the hand loop with the trainkit metric in place of its own.
+
+``--micro`` times ``metric.update(logits, target)`` alone (plus one ``compute()`` per round) against the
+hand-written update, for each built-in metric at its default arguments and a few other arguments.
+
 tqdm draws bars only on a terminal. With ``--display tty`` (the default) the Trainer's stdout is a
 pseudo-terminal drained by a thread, so the bars are really drawn; ``--display stdout`` keeps the real
 stdout (bars when it is a terminal, one line an epoch otherwise). The table says which was used.
 
-Target (issue 2): trainkit <= 1.03x the hand loop.
+Targets (issues 2 and 11): trainkit <= 1.03x the hand loop; a metric update <= 1.1x the hand-written one.
 
 Usage:
     .venv/bin/python benchmarks/loop_overhead.py --reps 9 --epochs 3 --threads 1
+    .venv/bin/python benchmarks/loop_overhead.py --variants acc miou dice --no-peers --threads 1
+    .venv/bin/python benchmarks/loop_overhead.py --micro --threads 1
     .venv/bin/python benchmarks/loop_overhead.py --device cuda --variants fp32 bf16
 """
 
@@ -39,6 +51,7 @@ import importlib.util
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,7 +66,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import trainkit
 from trainkit.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from trainkit.metrics import Accuracy
+from trainkit.metrics import Accuracy, ConfusionMatrix, Dice, MeanIoU, Metric, PixelAccuracy
 
 DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the script
 
@@ -68,6 +81,70 @@ def make_loader(n: int, batch_size: int, pin_memory: bool = False) -> DataLoader
     x = torch.randn(n, 64, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, pin_memory=pin_memory)
+
+
+CLASSES = 4  # of the one-metric variants
+
+
+def make_scored_setup(variant: str, n: int) -> tuple[nn.Module, DataLoader, Callable[[], Metric]]:
+    """The model, loader (batch 32) and trainkit metric of a one-metric variant (``acc``, ``miou``, ``dice``)."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if variant == "acc":
+        model: nn.Module = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, CLASSES))
+        data = TensorDataset(torch.randn(n, 32, generator=g), torch.randint(0, CLASSES, (n,), generator=g))
+        return model, DataLoader(data, batch_size=32, shuffle=True), Accuracy
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, CLASSES, 1))
+    n //= 4  # a conv step costs more; keep runs of similar length
+    data = TensorDataset(torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, CLASSES, (n, 16, 16), generator=g))
+    return (
+        model,
+        DataLoader(data, batch_size=32, shuffle=True),
+        lambda: {"miou": MeanIoU, "dice": Dice}[variant](CLASSES),
+    )
+
+
+def hand_scored_loop(
+    model: nn.Module, loader: DataLoader, epochs: int, *, device: torch.device, score: str, metric: Metric | None
+) -> None:
+    """A plain SGD loop computing its score by hand (``metric=None``) or with a trainkit metric."""
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    k = CLASSES
+    model.train()
+    for _ in range(epochs):
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        confmat = torch.zeros(k * k, dtype=torch.int64, device=device)
+        seen = 0
+        if metric is not None:
+            metric.reset()
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = loss_fn(out, y)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(y)
+            seen += len(y)
+            if metric is not None:
+                metric.update(out.detach(), y)
+            elif score == "acc":
+                correct += (out.argmax(1) == y).sum()
+            else:
+                confmat += torch.bincount(y.reshape(-1) * k + out.argmax(1).reshape(-1), minlength=k * k)
+        if metric is not None:
+            value = float(metric.compute())
+        elif score == "acc":
+            value = int(correct) / seen
+        else:
+            matrix = confmat.view(k, k).double()
+            tp, predicted, actual = matrix.diagonal(), matrix.sum(0), matrix.sum(1)
+            per_class = tp / (predicted + actual - tp) if score == "miou" else 2 * tp / (predicted + actual)
+            value = float(per_class.nanmean())
+        print(f"loss {float(loss_sum) / seen:.4f}  {score} {value:.4f}", file=DEVNULL)
 
 
 def hand_loop(
@@ -121,9 +198,11 @@ def trainkit_fit(
     amp: str | None,
     grad_accum: int,
     callbacks: bool,
+    metrics: dict[str, Metric] | None = None,
+    sgd: bool = False,
 ) -> None:
     """``Trainer.fit`` with its progress bar and one metric; with ``callbacks``, the built-in ones and a run_dir."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1) if sgd else torch.optim.Adam(model.parameters(), lr=1e-3)
     with contextlib.ExitStack() as stack:
         extra: dict[str, Any] = {}
         if callbacks:
@@ -137,7 +216,7 @@ def trainkit_fit(
             model,
             opt,
             nn.CrossEntropyLoss(),
-            metrics={"acc": Accuracy(num_classes=10)},
+            metrics=metrics if metrics is not None else {"acc": Accuracy(num_classes=10)},
             amp=amp or False,
             grad_accum=grad_accum,
             device=device,
@@ -209,6 +288,8 @@ def accelerate_fit(model: nn.Module, loader: DataLoader, epochs: int) -> None:
         print(int(correct), file=DEVNULL)
 
 
+SCORED = ("acc", "miou", "dice")
+
 PEERS: dict[str, Callable[[nn.Module, DataLoader, int], None]] = {
     "lightning": lightning_fit,
     "ignite": ignite_fit,
@@ -241,8 +322,23 @@ def pseudo_terminal() -> Iterator[Any]:
 
 def contenders_for(
     variant: str, base: nn.Module, loader: DataLoader, epochs: int, device: torch.device, peers: bool
-) -> dict[str, Callable[[], None]]:
-    """The runs of one variant, each on a fresh copy of the same initial model."""
+) -> tuple[dict[str, Callable[[], None]], int]:
+    """The runs of one variant, each on a fresh copy of the same initial model, and the steps of a run."""
+    if variant in SCORED:
+        model, data, make_metric = make_scored_setup(variant, len(loader.dataset))  # type: ignore[arg-type]
+        runs = {
+            "hand loop": lambda: hand_scored_loop(
+                copy.deepcopy(model), data, epochs, device=device, score=variant, metric=None
+            ),
+            "hand+tk.metric": lambda: hand_scored_loop(
+                copy.deepcopy(model), data, epochs, device=device, score=variant, metric=make_metric()
+            ),
+            "trainkit": lambda: trainkit_fit(
+                copy.deepcopy(model), data, epochs, device=device, amp=None, grad_accum=1, callbacks=False,
+                metrics={variant: make_metric()}, sgd=True,
+            ),
+        }  # fmt: skip
+        return runs, epochs * len(data)
     amp = "bf16" if variant == "bf16" else None
     accum = 4 if variant == "accum4" else 1
     runs: dict[str, Callable[[], None]] = {
@@ -260,7 +356,121 @@ def contenders_for(
             for name, runner in PEERS.items():
                 if importlib.util.find_spec(name) is not None:
                     runs[name] = lambda r=runner: r(copy.deepcopy(base), loader, epochs)
-    return runs
+    return runs, epochs * len(loader)
+
+
+def micro_cases() -> dict[str, tuple[Callable[[], Metric], Callable[[torch.Tensor, torch.Tensor], Any], str]]:
+    """Name -> (trainkit metric, hand-written update returning its counts, input kind)."""
+    k = CLASSES
+    state: dict[str, torch.Tensor] = {}
+
+    def hand_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        state["correct"] += (out.argmax(1) == y).sum()
+        return state["correct"]
+
+    def hand_accuracy_ignoring(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        kept = y != -100
+        state["correct"] += ((out.argmax(1) == y) & kept).sum()
+        state["total"] += kept.sum()
+        return state["correct"]
+
+    def hand_top2(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        state["correct"] += (out.topk(2, 1).indices == y.unsqueeze(1)).any(1).sum()
+        return state["correct"]
+
+    def hand_confmat(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        state["confmat"] += torch.bincount(y.reshape(-1) * k + out.argmax(1).reshape(-1), minlength=k * k)
+        return state["confmat"]
+
+    def start(update: Callable[[torch.Tensor, torch.Tensor], Any]) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+        def first(out: torch.Tensor, y: torch.Tensor) -> Any:  # zeroed counts, like a fresh metric
+            state.update(correct=torch.zeros((), dtype=torch.int64), total=torch.zeros((), dtype=torch.int64))
+            state["confmat"] = torch.zeros(k * k, dtype=torch.int64)
+            return update(out, y)
+
+        first.update = update  # type: ignore[attr-defined]
+        return first
+
+    def counted_each_batch() -> Metric:
+        # The same metric with its kept ids counted after every update: what the one path would cost
+        # without counting batches in groups (a setting for this measurement only).
+        metric = Accuracy()
+        metric._COUNT_EVERY = 1  # type: ignore[misc]
+        return metric
+
+    return {
+        "Accuracy()": (Accuracy, start(hand_accuracy), "classes"),
+        "MeanIoU(4)": (lambda: MeanIoU(k), start(hand_confmat), "pixels"),
+        "Dice(4)": (lambda: Dice(k), start(hand_confmat), "pixels"),
+        "PixelAccuracy(4)": (lambda: PixelAccuracy(k), start(hand_confmat), "pixels"),
+        "ConfusionMatrix(4)": (lambda: ConfusionMatrix(k), start(hand_confmat), "pixels"),
+        "Accuracy(num_classes=4)": (lambda: Accuracy(k), start(hand_accuracy), "classes"),
+        "Accuracy(ignore_index=-100)": (lambda: Accuracy(ignore_index=-100), start(hand_accuracy_ignoring), "classes"),
+        "Accuracy(top_k=2)": (lambda: Accuracy(top_k=2), start(hand_top2), "classes"),
+        "MeanIoU(4, ignore_index=None)": (lambda: MeanIoU(k, ignore_index=None), start(hand_confmat), "pixels"),
+        "Accuracy(), counted each batch": (counted_each_batch, start(hand_accuracy), "classes"),
+    }
+
+
+def metric_epoch(metric: Metric, out: torch.Tensor, y: torch.Tensor, n: int) -> None:
+    metric.reset()
+    for _ in range(n):
+        metric.update(out, y)
+    metric.compute()
+
+
+def hand_epoch(hand: Any, out: torch.Tensor, y: torch.Tensor, n: int) -> None:
+    counts = hand(out, y)  # the first call zeroes the counts
+    for _ in range(n - 1):
+        counts = hand.update(out, y)
+    counts.tolist()
+
+
+def micro_benchmark(reps: int, clock: Callable[[], float]) -> None:
+    """Time ``metric.update`` against the hand-written update, interleaved.
+
+    A round is an epoch of each: ``reset()``, 512 updates (32 for pixels) and one read of the value, against
+    zeroed counts, the same updates by hand and one read. Which of the two goes first alternates between
+    rounds. Garbage is collected once a round, before both, and not during it: right after a collection
+    the caches are cold, which costs the side that runs more Python more (up to 10% here).
+    """
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "classes": (torch.randn(32, CLASSES, generator=g), torch.randint(0, CLASSES, (32,), generator=g)),
+        "pixels": (torch.randn(32, CLASSES, 16, 16, generator=g), torch.randint(0, CLASSES, (32, 16, 16), generator=g)),
+    }
+    updates = {"classes": 512, "pixels": 32}
+    cases = micro_cases()
+    metrics = {name: make_metric() for name, (make_metric, _, _) in cases.items()}
+    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in cases}
+    for rep in range(reps + 1):  # round 0 warms up
+        for name, (_, hand, kind) in cases.items():
+            out, y = inputs[kind]
+            n, metric = updates[kind], metrics[name]
+
+            epochs = {
+                "trainkit": lambda m=metric, out=out, y=y, n=n: metric_epoch(m, out, y, n),
+                "hand": lambda h=hand, out=out, y=y, n=n: hand_epoch(h, out, y, n),
+            }
+            elapsed = {}
+            gc.collect()
+            gc.disable()
+            for who in sorted(epochs, reverse=rep % 2 == 1):
+                start = clock()
+                epochs[who]()
+                elapsed[who] = clock() - start
+            gc.enable()
+            if rep > 0:
+                results[name][0].append(1e6 * elapsed["trainkit"] / n)
+                results[name][1].append(1e6 * elapsed["hand"] / n)
+    print(f"{'metric (inputs)':<56} {'us/update':>10} {'hand us':>8} {'ratio':>7}")
+    for name, (mine_us, hand_us) in results.items():
+        shape = "[32, 4] logits" if cases[name][2] == "classes" else "[32, 4, 16, 16] logits"
+        ratio = statistics.median(m / h for m, h in zip(mine_us, hand_us, strict=True))
+        print(
+            f"{name + ' (' + shape + ')':<56} {statistics.median(mine_us):>10.2f} {statistics.median(hand_us):>8.2f} "
+            f"{ratio:>6.3f}x"
+        )
 
 
 def main() -> None:
@@ -275,6 +485,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time (shared hosts)")
     parser.add_argument("--variants", nargs="+", default=["fp32", "bf16", "accum4", "callbacks"])
     parser.add_argument("--no-peers", action="store_true", help="leave Lightning, Ignite and Accelerate out")
+    parser.add_argument("--micro", action="store_true", help="time metric updates alone against hand-written ones")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -282,10 +493,29 @@ def main() -> None:
     device = torch.device(args.device)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    here = os.path.dirname(os.path.abspath(__file__))
+    git = ["git", "-C", here, "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True, check=False)
+    header = (
+        f"torch {torch.__version__}, trainkit {trainkit.__version__} ({trainkit.__file__}, commit "
+        f"{commit.stdout.strip() or '?'}), Python {platform.python_version()}\n"
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}; clock: {args.clock} time; "
+        f"load average before: {load_before}"
+    )
+    if args.micro:
+        micro_benchmark(args.reps, clock)
+        print(header)
+        print(
+            f"{args.reps} interleaved rounds after a warm-up; a round: reset, 512 updates ([32, 4] logits) or 32 "
+            "([32, 4, 16, 16] logits) and one read, for trainkit and by hand; ratio: median of the rounds' ratios"
+        )
+        return
     loader = make_loader(args.samples, args.batch_size, pin_memory=device.type == "cuda")
-    steps = args.epochs * len(loader)
     base = make_model()
-    contenders = {v: contenders_for(v, base, loader, args.epochs, device, not args.no_peers) for v in args.variants}
+    contenders: dict[str, dict[str, Callable[[], None]]] = {}
+    steps: dict[str, int] = {}
+    for v in args.variants:
+        contenders[v], steps[v] = contenders_for(v, base, loader, args.epochs, device, not args.no_peers)
 
     times: dict[tuple[str, str], list[float]] = {}
     failed: dict[str, str] = {}
@@ -317,12 +547,12 @@ def main() -> None:
                         times.setdefault((variant, name), []).append(elapsed)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, trainkit {trainkit.__version__}, Python {platform.python_version()}")
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}; device {where}")
-    print(f"clock: {args.clock} time; load average before: {load_before}; trainkit display: {display}")
+    print(header)
+    print(f"device {where}; trainkit display: {display}")
     print(
-        f"MLP 64-256-256-10, Adam, {args.samples} samples, batch {args.batch_size}, {args.epochs} epochs "
-        f"({steps} steps) a run, {args.reps} interleaved rounds after a warm-up"
+        f"MLP 64-256-256-10, Adam, {args.samples} samples, batch {args.batch_size}, {args.epochs} epochs a run, "
+        f"{args.reps} interleaved rounds after a warm-up; one-metric variants: SGD, batch 32, {args.samples} "
+        f"samples (acc) or {args.samples // 4} (miou, dice)"
     )
     missing = [name for name in PEERS if importlib.util.find_spec(name) is None]
     if missing:
@@ -330,15 +560,15 @@ def main() -> None:
     for name, error in failed.items():
         print(f"{name} failed, left out: {error}")
     print()
-    print(f"{'variant':<10} {'contender':<12} {'median s':>9} {'ms/step':>8} {'min s':>7} {'ratio':>7}")
+    print(f"{'variant':<10} {'contender':<14} {'median s':>9} {'ms/step':>8} {'min s':>7} {'ratio':>7}")
     for variant, runs in contenders.items():
         hand = statistics.median(times[(variant, "hand loop")])
         for name in (n for n in runs if n not in failed):
             samples = times[(variant, name)]
             median = statistics.median(samples)
             print(
-                f"{variant:<10} {name:<12} {median:>9.3f} {1000 * median / steps:>8.3f} {min(samples):>7.3f} "
-                f"{median / hand:>6.3f}x"
+                f"{variant:<10} {name:<14} {median:>9.3f} {1000 * median / steps[variant]:>8.3f} "
+                f"{min(samples):>7.3f} {median / hand:>6.3f}x"
             )
 
 
