@@ -13,7 +13,7 @@ from torch import nn
 
 import trainkit
 from trainkit.errors import TrainingError
-from trainkit.losses import DiceCELoss, DiceLoss
+from trainkit.losses import DiceCELoss, DiceLoss, FocalLoss, LovaszLoss, TverskyLoss
 
 
 def _batch(num_classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +193,9 @@ def _fit(loss_fn: nn.Module, target: torch.Tensor, channels: int = 3) -> tuple[n
 
 
 @pytest.mark.parametrize(
-    "loss_fn", [nn.CrossEntropyLoss(ignore_index=255), DiceLoss(), DiceCELoss()], ids=lambda f: type(f).__name__
+    "loss_fn",
+    [nn.CrossEntropyLoss(ignore_index=255), DiceLoss(), DiceCELoss(), FocalLoss(), TverskyLoss(), LovaszLoss()],
+    ids=lambda f: type(f).__name__,
 )
 def test_every_class_id_loss_takes_integral_float_targets_with_one_warning(loss_fn: nn.Module) -> None:
     """The notes' contract, one rule for every class-id loss: whole-number float targets become int64."""
@@ -208,14 +210,16 @@ def test_every_class_id_loss_takes_integral_float_targets_with_one_warning(loss_
     assert all(torch.equal(a, b) for a, b in zip(as_ids.parameters(), as_floats.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("loss_fn", [DiceLoss(), DiceCELoss()], ids=lambda f: type(f).__name__)
+@pytest.mark.parametrize(
+    "loss_fn", [DiceLoss(), DiceCELoss(), FocalLoss(), TverskyLoss(), LovaszLoss()], ids=lambda f: type(f).__name__
+)
 def test_non_integral_float_targets_raise_like_cross_entropy(loss_fn: nn.Module) -> None:
     _, target = _batch()
     with pytest.raises(TrainingError, match=rf"float32 with non-integer values, but {type(loss_fn).__name__} needs"):
         _fit(loss_fn, target.float() + 0.5)
 
 
-@pytest.mark.parametrize("loss_cls", [DiceLoss, DiceCELoss])
+@pytest.mark.parametrize("loss_cls", [DiceLoss, DiceCELoss, FocalLoss, TverskyLoss, LovaszLoss])
 def test_binary_float_targets_stay_float_without_a_warning(loss_cls: type[nn.Module]) -> None:
     loss_fn = loss_cls("binary")
     _, target = _batch(num_classes=2)
