@@ -537,3 +537,73 @@ def test_an_nfd_mask_name_pairs_with_its_nfc_image_name(tmp_path: Path) -> None:
     ds = SegmentationDataset(images, images.parent / "masks")
     assert [(p.name, m.name) for p, m in ds.samples] == [("a0.png", "a0.png"), (f"{nfc}.png", f"{nfd}.png")]
     assert ds[1][1].unique().tolist() == [2]
+
+
+# ---------------------------------------------------------------- the command line's own inputs (issue 12)
+
+
+def _photos(ctx: Ctx, *names: str) -> Path:
+    folder = ctx.tmp / "photos"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        _image(folder / name)
+    return folder
+
+
+def _predict(ctx: Ctx, images: Path, out: Path, **kwargs: Any) -> Any:
+    from trainkit.cli.predict import predict_folder
+
+    # The outputs are checked before the checkpoint is read: this one does not exist.
+    return predict_folder(ctx.tmp / "never-read.pt", images, out, device="cpu", **kwargs)
+
+
+def _overlays_into_images(ctx: Ctx) -> Any:
+    images = ctx.tmp / "photos" / "overlays"
+    images.mkdir(parents=True)
+    _image(images / "a.png")
+    return _predict(ctx, images, ctx.tmp / "photos", overlays=True)  # out/overlays is the images folder
+
+
+def _file_as_out(ctx: Ctx) -> Any:
+    (ctx.tmp / "notes.txt").write_text("not a folder")
+    return _predict(ctx, _photos(ctx, "a.png"), ctx.tmp / "notes.txt")
+
+
+CLI_CASES = [
+    Case(
+        "predict into the images folder",
+        lambda c: _predict(c, _photos(c, "a.png"), c.tmp / "photos"),
+        ValueError,
+        r"--out .*photos is the --images folder .*photos: the masks would be written among the images .*; choose "
+        r"another --out folder",
+    ),
+    Case(
+        "predict overlays into the images folder",
+        _overlays_into_images,
+        ValueError,
+        r"--out/overlays .*overlays is the --images folder",
+    ),
+    Case(
+        "predict one stem twice",
+        lambda c: _predict(c, _photos(c, "a.png", "a.jpg", "B.png", "b.png"), c.tmp / "out"),
+        ValueError,
+        r"4 images would write the same mask in .*out as another, replacing it: B\.png \+ b\.png -> B\.png; "
+        r"a\.jpg \+ a\.png -> a\.png\. Rename them so that every stem is unique \(names that differ only in case",
+    ),
+    Case("predict into a file", _file_as_out, ValueError, r"--out .*notes\.txt is a file; give a folder for the masks"),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[case.id for case in CLI_CASES])
+def test_a_bad_command_line_input_raises_a_clear_error_and_writes_nothing(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = Ctx(run_dir=tmp_path / "run", data=tmp_path, tmp=tmp_path, monkeypatch=monkeypatch)
+    with pytest.raises(case.error, match=case.match) as raised:
+        case.call(ctx)
+    assert type(raised.value).__module__ in ("builtins", "trainkit.errors")
+    inputs = {"photos/a.png", "photos/a.jpg", "photos/B.png", "photos/b.png", "photos/overlays/a.png"}
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert left <= inputs | {"notes.txt"}, left  # nothing written besides the case's own inputs
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "notes.txt").exists() or (tmp_path / "notes.txt").read_text() == "not a folder"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def test_predict_writes_one_palette_mask_per_image_with_the_same_stem(trained: P
         mask = Image.open(out / f"{name}.png")
         assert mask.mode == "P" and mask.size == (w, h)  # the image's own size, so it lines up
         assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 1, 2, 3}
-        assert (out / f"{name}_overlay.png").is_file()
+        assert Image.open(out / "overlays" / f"{name}.png").size == (w, h)
 
 
 def test_summary_prints_the_layer_table(trained: Path) -> None:
@@ -220,3 +221,70 @@ def test_predict_skips_hidden_files(trained: Path, tmp_path: Path) -> None:
                  "--out", str(tmp_path / "out"), "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+
+
+# ------------------------------------------------------------------ faults a hunt found (issue 12)
+
+
+def _photos(folder: Path, names: dict[str, tuple[int, int]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, (h, w) in names.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _predict(trained: Path, images: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    checkpoint = str(trained / "checkpoints" / "best.pt")
+    return run("predict", "--checkpoint", checkpoint, "--images", str(images), "--out", str(out), "--device", "cpu",
+               *extra)  # fmt: skip
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str], pattern: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_predict_refuses_to_write_into_the_images_folder(trained: Path, tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "photos", {"a.png": (32, 32), "b.jpg": (20, 30)})
+    before = _contents(photos)
+    (tmp_path / "link").symlink_to(photos, target_is_directory=True)
+    for out in (str(photos), f"{photos}/", str(tmp_path / "link"), f"{photos}/../photos"):
+        result = _predict(trained, photos, Path(out))
+        assert result.returncode == 1
+        _one_error_line(result, r"--out \S+ is the --images folder \S+photos: the masks would be written among the "
+                                r"images .*; choose another --out folder")  # fmt: skip
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "overlays").symlink_to(photos, target_is_directory=True)  # --overlays would write into photos/
+    result = _predict(trained, photos, masks, "--overlays")
+    assert result.returncode == 1
+    _one_error_line(result, r"--out/overlays .*overlays is the --images folder .*the overlays would be written")
+    assert _contents(photos) == before
+    assert list(masks.iterdir()) == [masks / "overlays"]
+
+
+def test_predict_refuses_images_whose_outputs_would_share_a_path(trained: Path, tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "photos", {"a.png": (32, 32), "a.jpg": (20, 30), "b.png": (16, 16)})
+    result = _predict(trained, photos, tmp_path / "out", "--overlays")
+    assert result.returncode == 1
+    _one_error_line(result, r"2 images would write the same mask in .*out as another, replacing it: a\.jpg \+ "
+                            r"a\.png -> a\.png\. Rename them so that every stem is unique")  # fmt: skip
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_predict_writes_overlays_apart_so_x_and_x_overlay_both_keep_their_masks(trained: Path, tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "photos", {"x.png": (40, 30), "x_overlay.png": (20, 50)})
+    out = tmp_path / "out"
+    result = _predict(trained, photos, out, "--overlays")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"wrote 2 masks to .*out and 2 overlays to .*out/overlays", result.stdout)
+    assert sorted(_contents(out)) == ["overlays/x.png", "overlays/x_overlay.png", "x.png", "x_overlay.png"]
+    for name, (h, w) in {"x": (40, 30), "x_overlay": (20, 50)}.items():
+        assert Image.open(out / f"{name}.png").mode == "P" and Image.open(out / f"{name}.png").size == (w, h)
+        assert Image.open(out / "overlays" / f"{name}.png").mode == "RGB"

@@ -7,6 +7,7 @@ line (never a traceback) and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -131,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = command("predict", "write one palette mask PNG per image with a trained checkpoint")
     predict.add_argument("--checkpoint", required=True, help="a checkpoint from `trainkit train` or `demo`")
     predict.add_argument("--images", required=True, help="folder of images")
-    predict.add_argument("--out", required=True, help="output folder (created)")
-    predict.add_argument("--overlays", action="store_true", help="also write <stem>_overlay.png")
+    predict.add_argument("--out", required=True, help="output folder (created), not the --images folder")
+    predict.add_argument("--overlays", action="store_true", help="also write overlays/<stem>.png (mask on image)")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=_positive_int, default=8)
 
@@ -230,12 +231,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from trainkit.cli.predict import predict_folder
+    from trainkit.cli.predict import OVERLAYS, predict_folder
 
-    written = predict_folder(
+    result = predict_folder(
         args.checkpoint, args.images, args.out, device=args.device, overlays=args.overlays, batch_size=args.batch_size
     )
-    print(f"predict: wrote {len(written)} masks to {args.out}")
+    overlays = f" and {len(result.overlays)} overlays to {os.path.join(args.out, OVERLAYS)}" if args.overlays else ""
+    print(f"predict: wrote {len(result.masks)} masks to {args.out}{overlays}")
     return 0
 
 

@@ -1,37 +1,68 @@
-"""``trainkit predict``: one palette-encoded mask PNG per image, same stem, plus optional overlays."""
+"""``trainkit predict``: one palette-encoded mask PNG per image, same stem, plus optional overlays.
+
+Nothing is overwritten by mistake: an output folder that is the images folder is refused, and so are
+images whose outputs would share a path (``a.png`` and ``a.jpg``), before anything is written.
+"""
 
 from __future__ import annotations
 
+import os
+import unicodedata
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from trainkit.cli.recipe import load_recipe_model
 
-__all__ = ["predict_folder"]
+__all__ = ["PredictResult", "predict_folder"]
+
+OVERLAYS = "overlays"  # the subfolder of `out` the overlays go to, `<stem>.png` like the masks
+
+
+class PredictResult(NamedTuple):
+    """What :func:`predict_folder` wrote."""
+
+    masks: list[Path]
+    overlays: list[Path]
 
 
 def predict_folder(
-    checkpoint: str | Path,
-    images: str | Path,
-    out: str | Path,
+    checkpoint: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     *,
     device: str = "auto",
     overlays: bool = False,
     batch_size: int = 8,
-) -> list[Path]:
+) -> PredictResult:
     """Predict a mask for every image in ``images`` and write ``out/<stem>.png`` (palette PNG of class ids).
 
     Images are resized to the training size for the model and the predicted mask is resized back
-    (nearest) to the image's own size, so masks line up with their images pixel for pixel.
+    (nearest) to the image's own size, so masks line up with their images pixel for pixel. With
+    ``overlays``, ``out/overlays/<stem>.png`` shows the mask over the image.
+
+    Args:
+        checkpoint: a checkpoint written by ``trainkit train`` or ``trainkit demo``.
+        images: the folder of images (its top level; hidden files are skipped).
+        out: the output folder, created; not ``images`` itself.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        overlays: also write the overlays.
+        batch_size: images a forward pass.
 
     Returns:
-        The mask paths written, in natural order of the image names.
+        The masks and overlays written, in natural order of the image names.
+
+    Raises:
+        ValueError: ``out`` is (or holds the overlays in) the ``images`` folder, ``out`` is a file, or two
+            images would write the same output; nothing is written then.
 
     Example:
-        >>> predict_folder("runs/demo/checkpoints/best.pt", "photos", "masks_out")  # doctest: +SKIP
+        >>> result = predict_folder("runs/demo/checkpoints/best.pt", "photos", "masks_out")  # doctest: +SKIP
+        >>> len(result.masks), len(result.overlays)  # doctest: +SKIP
+        (12, 0)
     """
     from PIL import Image
 
@@ -41,15 +72,17 @@ def predict_folder(
     from trainkit.utils.device import resolve_device
     from trainkit.utils.plots import palette
 
+    files = list_image_files(images, recursive=False, role="--images")  # natural order, hidden files skipped
+    folders = _output_folders(Path(images), Path(out), overlays)
+    _refuse_shared_outputs(files, Path(out))
     dev = resolve_device(device)
     model, settings = load_recipe_model(checkpoint, device=dev)
     data = settings["data"]
-    files = list_image_files(images, recursive=False, role="--images")  # natural order, hidden files skipped
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
+        _make_folder(folder)
     colours = np.asarray(palette(256), dtype=np.uint8).reshape(-1).tolist()
     normalize = BatchNormalize(data["mean"], data["std"])
-    written = []
+    result = PredictResult([], [])
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         originals = [read_image(p, channels=3) for p in chunk]
@@ -58,14 +91,62 @@ def predict_folder(
             labels = model(normalize(batch)).argmax(1).cpu()
         for path, img, label in zip(chunk, originals, labels, strict=True):
             mask = _resize_mask(label, (img.shape[-2], img.shape[-1]))
-            target = out / f"{path.stem}.png"
             pil = Image.fromarray(mask.numpy().astype(np.uint8))  # "L", becomes "P" with the palette
             pil.putpalette(colours)
-            pil.save(target)
-            written.append(target)
+            pil.save(folders[0] / f"{path.stem}.png")
+            result.masks.append(folders[0] / f"{path.stem}.png")
             if overlays:
-                _overlay(img, mask, colours).save(out / f"{path.stem}_overlay.png")
-    return written
+                _overlay(img, mask, colours).save(folders[1] / f"{path.stem}.png")
+                result.overlays.append(folders[1] / f"{path.stem}.png")
+    return result
+
+
+def _output_folders(images: Path, out: Path, overlays: bool) -> list[Path]:
+    """``[out]`` or ``[out, out/overlays]``, after refusing any that is the images folder or a file."""
+    folders = [out, out / OVERLAYS] if overlays else [out]
+    for folder in folders:
+        if _same_folder(folder, images):
+            what, outputs = ("--out", "masks") if folder == out else (f"--out/{OVERLAYS}", "overlays")
+            raise ValueError(
+                f"{what} {folder} is the --images folder {images}: the {outputs} would be written among the "
+                "images (and replace any PNG of the same name); choose another --out folder"
+            )
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out {folder} is a file; give a folder for the masks (it is created)")
+    return folders
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:  # a symlink loop: not a folder that can be written anyway
+        return False
+
+
+def _refuse_shared_outputs(files: list[Path], out: Path) -> None:
+    """Refuse images whose outputs would share a path: one stem, or stems equal but for case or Unicode form."""
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for path in files:  # macOS and Windows file names ignore case and Unicode normalisation: one file there
+        groups[unicodedata.normalize("NFC", path.stem).casefold()].append(path)
+    shared = [group for group in groups.values() if len(group) > 1]
+    if not shared:
+        return
+    shown = "; ".join(f"{' + '.join(p.name for p in group)} -> {group[0].stem}.png" for group in shared[:10])
+    more = f"; and {len(shared) - 10} more" if len(shared) > 10 else ""
+    raise ValueError(
+        f"{sum(map(len, shared))} images would write the same mask in {out} as another, replacing it: {shown}{more}. "
+        "Rename them so that every stem is unique (names that differ only in case count as one), or predict "
+        "them from separate folders"
+    )
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"--out {folder} is a file; give a folder for the masks (it is created)") from None
+    except OSError as err:
+        raise OSError(err.errno, f"cannot create the output folder {folder} ({err.strerror})") from err
 
 
 def _resize(image: torch.Tensor, size: list[int] | tuple[int, int]) -> torch.Tensor:
