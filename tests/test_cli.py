@@ -288,3 +288,51 @@ def test_predict_writes_overlays_apart_so_x_and_x_overlay_both_keep_their_masks(
     for name, (h, w) in {"x": (40, 30), "x_overlay": (20, 50)}.items():
         assert Image.open(out / f"{name}.png").mode == "P" and Image.open(out / f"{name}.png").size == (w, h)
         assert Image.open(out / "overlays" / f"{name}.png").mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--lr", "inf"], r"argument --lr: expected a finite number > 0 \(e\.g\. 0\.001\), got 'inf'"),
+        (["train", "--lr=-inf"], r"argument --lr: expected a finite number > 0 .*got '-inf'"),
+        (["train", "--lr", "nan"], r"argument --lr: expected a finite number > 0 .*got 'nan'"),
+        (["train", "--lr", "1e400"], r"argument --lr: .*got '1e400' \(not finite\)"),
+        (["train", "--lr", "0"], r"argument --lr: expected a finite number > 0"),
+        (["train", "--val-split", "nan"], r"argument --val-split: expected a fraction from 0 .* to 1 .*got 'nan'"),
+        (["train", "--val-split", "1"], r"argument --val-split: expected a fraction from 0 \(inclusive\) to 1"),
+        (["train", "--val-split", "-0.1"], r"argument --val-split: expected a fraction"),
+        (["train", "--workers", "-1"], r"argument --workers: expected an integer >= 0 below 2\*\*31, got '-1'"),
+        (["train", "--seed", "-1"], r"argument --seed: expected an integer from 0 to 4294967295, got '-1'"),
+        (["train", "--seed", str(2**32)], r"argument --seed: expected an integer from 0 to 4294967295"),
+        (["train", "--num-classes", "1"], r"argument --num-classes: expected an integer from 2 to 255, got '1'"),
+        (["train", "--num-classes", "256"], r"argument --num-classes: expected an integer from 2 to 255"),
+        (["train", "--epochs", "1e3"], r"argument --epochs: expected a positive integer below 2\*\*31, got '1e3'"),
+        (["train", "--batch-size", str(10**20)], r"argument --batch-size: expected a positive integer below 2\*\*31"),
+        (["train", "--base-channels", "0"], r"argument --base-channels: expected a positive integer"),
+        (["train", "--size", "8", "--depth", "4"], r"--size 8x8 is too small for --depth 4: .*at least 16x16; raise"),
+        (["predict", "--batch-size", "0"], r"argument --batch-size: expected a positive integer"),
+        (["check", "--channels", "2"], r"argument --channels: expected 1 \(gray\), 3 \(RGB\) or 4 \(RGBA\)"),
+        (["check", "--num-classes", "300"], r"argument --num-classes: expected an integer from 2 to 255"),
+        (["synth", "out", "--size", "8"], r"argument --size: expected an integer >= 16 below 2\*\*31, got '8'"),
+        (["synth", "out", "--n", "0"], r"argument --n: expected a positive integer"),
+        (["synth", "out", "--seed", "-3"], r"argument --seed: expected an integer from 0 to 4294967295"),
+        (["demo", "--size", "15"], r"argument --size: expected an integer >= 16"),
+        (["summary", "x.pt", "--depth", "-1"], r"argument --depth: expected a positive integer"),
+    ],
+)
+def test_every_numeric_option_must_be_finite_and_in_range(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    required = {
+        "train": ["--images", "a", "--masks", "b", "--num-classes", "3"],
+        "predict": ["--checkpoint", "c.pt", "--images", "a", "--out", "o"],
+        "check": ["--images", "a", "--masks", "b"],
+    }
+    try:
+        status = main([*args, *required.get(args[0], [])])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    assert status == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert re.search(rf"^trainkit {args[0]}: error: {expected}.*\(see `trainkit {args[0]} --help`\)$", lines[0])

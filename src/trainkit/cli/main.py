@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from trainkit.cli import _argument_types as types
+
 __all__ = ["build_parser", "main"]
 
 _EXAMPLES = {
@@ -30,46 +32,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW with positive numbers, got {text!r}")
-    return parts[0], parts[1]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _amp(text: str) -> str | bool:
-    if text in ("off", "false", "no", "fp32"):
-        return False
-    if text not in ("auto", "fp16", "bf16"):
-        raise argparse.ArgumentTypeError(f"--amp must be auto, fp16, bf16 or off, got {text!r}")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, about 3 minutes on 2 CPU cores)")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, checkpoints, metrics and plots go")
-    demo.add_argument("--epochs", type=_positive_int, default=28, help="training epochs")
+    demo.add_argument("--epochs", type=types.positive_int, default=28, help="training epochs")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    demo.add_argument("--n", type=_positive_int, default=480, help="number of synthetic images")
-    demo.add_argument("--size", type=_positive_int, default=64, help="image size in pixels")
+    demo.add_argument("--n", type=types.positive_int, default=480, help="number of synthetic images")
+    demo.add_argument("--size", type=types.shapes_size, default=64, help="image size in pixels (at least 16)")
     demo.add_argument("--no-progress", action="store_true", help="one line an epoch instead of progress bars")
 
     train = command("train", "train the UNet recipe on your own folders of images and masks")
@@ -112,21 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--masks", required=True, help="folder of masks")
     train.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
     train.add_argument("--target", choices=("semantic", "binary"), default="semantic", help="mask meaning")
-    train.add_argument("--num-classes", type=_positive_int, help="classes incl. background (semantic)")
+    train.add_argument("--num-classes", type=types.num_classes, help="classes incl. background (semantic), 2 to 255")
     train.add_argument("--color-map", help="class_dict.csv (name,r,g,b) for colour-coded masks")
-    train.add_argument("--val-split", type=float, default=0.2, help="fraction held out for validation")
-    train.add_argument("--size", type=_size, default=(256, 256), help="training size N or HxW")
-    train.add_argument("--epochs", type=_positive_int, default=20)
-    train.add_argument("--batch-size", type=_positive_int, default=8)
-    train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (one-cycle)")
-    train.add_argument("--amp", type=_amp, default="auto", help="auto, fp16, bf16 or off")
+    train.add_argument("--val-split", type=types.fraction, default=0.2, help="held-out fraction, in [0, 1)")
+    train.add_argument("--size", type=types.size, default=(256, 256), help="training size N or HxW")
+    train.add_argument("--epochs", type=types.positive_int, default=20)
+    train.add_argument("--batch-size", type=types.positive_int, default=8)
+    train.add_argument("--lr", type=types.positive_float, default=1e-3, help="peak learning rate (one-cycle)")
+    train.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
     train.add_argument("--run-dir", default="runs/train")
     train.add_argument("--resume", help="checkpoint path, or 'last' for <run-dir>/checkpoints/last.pt")
     train.add_argument("--device", default="auto")
-    train.add_argument("--base-channels", type=_positive_int, default=32, help="UNet width")
-    train.add_argument("--depth", type=_positive_int, default=4, help="UNet down-sampling steps")
-    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--base-channels", type=types.positive_int, default=32, help="UNet width")
+    train.add_argument("--depth", type=types.positive_int, default=4, help="UNet down-samplings; --size >= 2**depth")
+    train.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
+    train.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
     train.add_argument("--no-progress", action="store_true")
 
     predict = command("predict", "write one palette mask PNG per image with a trained checkpoint")
@@ -135,26 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output folder (created), not the --images folder")
     predict.add_argument("--overlays", action="store_true", help="also write overlays/<stem>.png (mask on image)")
     predict.add_argument("--device", default="auto")
-    predict.add_argument("--batch-size", type=_positive_int, default=8)
+    predict.add_argument("--batch-size", type=types.positive_int, default=8)
 
     check = command("check", "validate a dataset folder without training; exit status 1 on errors")
     check.add_argument("--images", required=True)
     check.add_argument("--masks", required=True)
     check.add_argument("--mask-suffix", default="")
-    check.add_argument("--num-classes", type=_positive_int)
+    check.add_argument("--num-classes", type=types.num_classes, help="2 to 255")
     check.add_argument("--color-map", help="class_dict.csv for colour-coded masks")
-    check.add_argument("--channels", type=_positive_int, default=3)
+    check.add_argument("--channels", type=types.channels, default=3, help="1, 3 or 4")
     check.add_argument("--recursive", action="store_true")
 
     synth = command("synth", "write the synthetic shapes dataset (Penn-Fudan layout)")
     synth.add_argument("out", help="output folder")
-    synth.add_argument("--n", type=_positive_int, default=200)
-    synth.add_argument("--size", type=_positive_int, default=64)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--n", type=types.positive_int, default=200)
+    synth.add_argument("--size", type=types.shapes_size, default=64, help="at least 16")
+    synth.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
 
     summary = command("summary", "print the layer table of a checkpoint's model")
     summary.add_argument("checkpoint", help="a checkpoint from `trainkit train` or `demo`")
-    summary.add_argument("--depth", type=_positive_int, default=3, help="module nesting depth shown")
+    summary.add_argument("--depth", type=types.positive_int, default=3, help="module nesting depth shown")
     return parser
 
 
@@ -178,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _usage_error(command: str, message: str) -> int:
+    """Report a bad combination of options the way argparse reports a bad option: one line, status 2."""
+    print(f"trainkit {command}: error: {message} (see `trainkit {command} --help`)", file=sys.stderr)
+    return 2
+
+
 def _demo(args: argparse.Namespace) -> int:
     from trainkit.cli.demo import run_demo
 
@@ -196,11 +164,14 @@ def _train(args: argparse.Namespace) -> int:
     from trainkit.cli.recipe import Recipe, train_recipe
 
     if args.target == "semantic" and args.num_classes is None and args.color_map is None:
-        print(
-            "trainkit train: error: --num-classes is required for --target semantic (or give --color-map)",
-            file=sys.stderr,
+        return _usage_error("train", "--num-classes is required for --target semantic (or give --color-map)")
+    smallest = 2**args.depth
+    if min(args.size) < smallest:
+        return _usage_error(
+            "train",
+            f"--size {args.size[0]}x{args.size[1]} is too small for --depth {args.depth}: the UNet halves the "
+            f"image {args.depth} times, so it needs at least {smallest}x{smallest}; raise --size or lower --depth",
         )
-        return 2
     recipe = Recipe(
         images=args.images,
         masks=args.masks,
