@@ -557,6 +557,13 @@ def _predict(ctx: Ctx, images: Path, out: Path, **kwargs: Any) -> Any:
     return predict_folder(ctx.tmp / "never-read.pt", images, out, device="cpu", **kwargs)
 
 
+def _binary_color_map(ctx: Ctx) -> Any:
+    from trainkit.cli.recipe import read_color_map
+
+    (ctx.tmp / "class_dict.csv").write_bytes(bytes(range(256)) * 4)
+    return read_color_map(ctx.tmp / "class_dict.csv")
+
+
 def _overlays_into_images(ctx: Ctx) -> Any:
     images = ctx.tmp / "photos" / "overlays"
     images.mkdir(parents=True)
@@ -591,6 +598,7 @@ CLI_CASES = [
         r"a\.jpg \+ a\.png -> a\.png\. Rename them so that every stem is unique \(names that differ only in case",
     ),
     Case("predict into a file", _file_as_out, ValueError, r"--out .*notes\.txt is a file; give a folder for the masks"),
+    Case("binary color map", _binary_color_map, DataError, r"--color-map .*class_dict\.csv is not a text CSV \("),
 ]
 
 
@@ -604,6 +612,6 @@ def test_a_bad_command_line_input_raises_a_clear_error_and_writes_nothing(
     assert type(raised.value).__module__ in ("builtins", "trainkit.errors")
     inputs = {"photos/a.png", "photos/a.jpg", "photos/B.png", "photos/b.png", "photos/overlays/a.png"}
     left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
-    assert left <= inputs | {"notes.txt"}, left  # nothing written besides the case's own inputs
+    assert left <= inputs | {"notes.txt", "class_dict.csv"}, left  # nothing written besides the case's own inputs
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "notes.txt").exists() or (tmp_path / "notes.txt").read_text() == "not a folder"

@@ -250,6 +250,18 @@ def _one_error_line(result: subprocess.CompletedProcess[str], pattern: str) -> N
     assert re.search(pattern, lines[0]), lines[0]
 
 
+def _without_root_powers() -> list[str]:
+    """A command prefix that makes root obey file permissions (`setpriv` drops the DAC override); [] if not root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    drop = "-dac_override,-dac_read_search"
+    probe = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}", "true"] if setpriv else []
+    if not probe or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("running as root, which ignores file permissions, and `setpriv` cannot drop that")
+    return probe[:-1]
+
+
 def test_predict_refuses_to_write_into_the_images_folder(trained: Path, tmp_path: Path) -> None:
     photos = _photos(tmp_path / "photos", {"a.png": (32, 32), "b.jpg": (20, 30)})
     before = _contents(photos)
@@ -336,3 +348,69 @@ def test_every_numeric_option_must_be_finite_and_in_range(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert re.search(rf"^trainkit {args[0]}: error: {expected}.*\(see `trainkit {args[0]} --help`\)$", lines[0])
+
+
+def test_a_binary_color_map_is_named_in_one_line(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "class_dict.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    folders = [
+        "--images",
+        str(shapes / "PNGImages"),
+        "--masks",
+        str(shapes / "SemanticMasks"),
+        "--mask-suffix",
+        "_mask",
+    ]
+    for command in (["check"], ["train", "--device", "cpu", "--run-dir", str(tmp_path / "run")]):
+        assert main([*command, *folders, "--color-map", str(binary)]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert re.match(rf"trainkit {command[0]}: error: --color-map .*class_dict\.csv is not a text CSV \(.*\); give "
+                        r"a class_dict\.csv with a name,r,g,b header", lines[0])  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_path_that_is_a_file_is_one_clear_line(trained: Path, tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("someone's notes")
+    photos = _photos(tmp_path / "photos", {"a.png": (24, 24)})
+    result = _predict(trained, photos, taken)
+    assert result.returncode == 1
+    _one_error_line(result, r"trainkit predict: error: --out .*taken is a file; give a folder for the masks")
+    result = run("synth", str(taken), "--n", "2", "--size", "16")
+    assert result.returncode == 1
+    _one_error_line(result, r"trainkit synth: error: .*taken is a file; `trainkit synth` writes a dataset folder: "
+                            r"give a folder path")  # fmt: skip
+    result = run("synth", str(taken / "inside"), "--n", "2", "--size", "16")
+    assert result.returncode == 1
+    _one_error_line(result, r"trainkit synth: error: .*taken/inside.*: Not a directory; a file is in the way where a "
+                            r"folder is needed: choose another path")  # fmt: skip
+    assert taken.read_text() == "someone's notes"
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_read_in_a_worker_is_the_same_one_line(shapes: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(shapes, bad)
+    (bad / "PNGImages" / "shape_003.png").write_bytes(b"garbage")
+    for workers in ("0", "2"):
+        result = run(*train_args(bad, tmp_path / f"run{workers}", epochs=1), "--workers", workers)
+        assert result.returncode == 1
+        pattern = r"^trainkit train: error: .*PNGImages/shape_003\.png: cannot decode .*re-export it, or remove it"
+        _one_error_line(result, pattern)
+
+
+def test_an_unwritable_checkpoint_folder_is_refused_before_training(shapes: Path, tmp_path: Path) -> None:
+    prefix = _without_root_powers()
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints").chmod(0o555)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([*prefix, sys.executable, "-m", "trainkit", *train_args(shapes, run_dir, epochs=2)],
+                            capture_output=True, text=True, env=env, timeout=240)  # fmt: skip
+    assert result.returncode == 1
+    assert "epoch 1" not in result.stdout  # refused before training, not after the first epoch
+    _one_error_line(result, r"^trainkit train: error: .*run/checkpoints.* is not writable.*fix its permissions or "
+                            r"choose another `run_dir`")  # fmt: skip

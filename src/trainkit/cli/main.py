@@ -7,7 +7,9 @@ line (never a traceback) and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -132,12 +134,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _COMMANDS[args.command](args)
-    except (TrainkitError, ValueError, FileNotFoundError) as err:
-        print(f"trainkit {args.command}: error: {err}", file=sys.stderr)
+    except (TrainkitError, ValueError, OSError) as err:
+        print(f"trainkit {args.command}: error: {_error_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"trainkit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+_WORKER_ERROR = re.compile(r"Caught (\w+) in .+?\.\nOriginal Traceback")
+_OS_ERROR_HINTS = {
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "the file system is read-only: choose another path",
+    errno.ENOSPC: "free disk space or choose another path",
+    errno.EDQUOT: "free disk space (the quota is reached) or choose another path",
+    errno.ENOTDIR: "a file is in the way where a folder is needed: choose another path",
+    errno.EEXIST: "a file is in the way where a folder is needed: choose another path",
+    errno.EISDIR: "a folder is in the way where a file is needed: choose another path",
+}
+
+
+def _error_message(err: BaseException) -> str:
+    """The one line the command prints for an error it expects (data, checkpoint, file system).
+
+    An error raised in a DataLoader worker arrives wrapped in the worker's traceback (torch re-raises
+    the original type with ``Caught X in DataLoader worker process N. Original Traceback ...`` as its
+    message): the line is the original message. An ``OSError`` names its file and says what to do.
+
+    Example:
+        >>> _error_message(PermissionError(13, "Permission denied", "runs/a"))
+        'runs/a: Permission denied; check its permissions or choose another path'
+        >>> _error_message(ValueError("Caught ValueError in DataLoader worker process 0.\\nOriginal Traceback "
+        ...                          "(most recent call last):\\n  ...\\nValueError: a.png: cannot decode\\n"))
+        'a.png: cannot decode'
+    """
+    text = str(err)
+    wrapped = _WORKER_ERROR.search(text)
+    if wrapped is not None:
+        # The original message follows the last "<module.>Name: " line of the formatted traceback
+        # (kept after whatever context an outer error put before it).
+        heads = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(wrapped.group(1))}: ", text, re.MULTILINE))
+        original = text[heads[-1].end() :].strip() if heads else text.strip().splitlines()[-1]
+        return text[: wrapped.start()] + original
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename is not None else ""
+        hint = _OS_ERROR_HINTS.get(err.errno or 0, "check the path")
+        return f"{where}{err.strerror}; {hint}"
+    return text
 
 
 def _usage_error(command: str, message: str) -> int:
@@ -213,9 +257,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from trainkit.data import check, read_class_dict
+    from trainkit.cli.recipe import read_color_map
+    from trainkit.data import check
 
-    color_map = read_class_dict(args.color_map)[0] if args.color_map else None
+    color_map = read_color_map(args.color_map)[0] if args.color_map else None
     report = check(
         images=args.images,
         masks=args.masks,
@@ -232,6 +277,8 @@ def _check(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from trainkit.data import make_shapes
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"{args.out} is a file; `trainkit synth` writes a dataset folder: give a folder path")
     root = make_shapes(args.out, n=args.n, size=args.size, seed=args.seed, exist_ok=True)
     print(f"synth: wrote {args.n} images to {root} (PNGImages/, PedMasks/, SemanticMasks/, instances/, classes.json)")
     return 0

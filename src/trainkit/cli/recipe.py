@@ -10,6 +10,7 @@ and ``trainkit summary`` can rebuild the model from the file alone.
 from __future__ import annotations
 
 import copy
+import csv
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["Recipe", "RecipeRun", "build_model", "load_recipe_model", "train_recipe"]
+__all__ = ["Recipe", "RecipeRun", "build_model", "load_recipe_model", "read_color_map", "train_recipe"]
 
 
 @dataclass
@@ -113,7 +114,7 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
     """
     from torch.utils.data import DataLoader, Subset
 
-    from trainkit.data import SegmentationDataset, collate, read_class_dict
+    from trainkit.data import SegmentationDataset, collate
     from trainkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchNormalize, eval_preset, train_preset
     from trainkit.engine import EarlyStopping, Trainer
     from trainkit.losses import DiceCELoss
@@ -122,7 +123,7 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
     color_map: dict[tuple[int, int, int], int] | None = None
     class_names = list(recipe.class_names)
     if recipe.color_map:
-        color_map, names = read_class_dict(recipe.color_map)
+        color_map, names = read_color_map(recipe.color_map)
         class_names = class_names or list(names)
     train_ds = SegmentationDataset(
         recipe.images,
@@ -194,6 +195,28 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
     trainer.extra_state["recipe"] = settings
     history = trainer.fit(train_loader, val_loader, epochs=recipe.epochs, resume=recipe.resume)
     return RecipeRun(trainer, history, settings, val_loader)
+
+
+def read_color_map(path: str | os.PathLike[str]) -> tuple[dict[tuple[int, int, int], int], list[str]]:
+    """``read_class_dict`` for ``--color-map``, whose errors all name the file (a binary file included).
+
+    Raises:
+        DataError: the file is missing, not a text CSV, or not a ``name,r,g,b`` table.
+
+    Example:
+        >>> color_map, names = read_color_map("CamVid/class_dict.csv")  # doctest: +SKIP
+    """
+    from trainkit.data import read_class_dict
+    from trainkit.errors import DataError
+
+    try:
+        color_map, names = read_class_dict(path)
+    except (UnicodeDecodeError, csv.Error) as err:  # a binary file, or one line longer than csv allows
+        raise DataError(
+            f"--color-map {path} is not a text CSV ({err}); give a class_dict.csv with a name,r,g,b header "
+            "line and one class a line"
+        ) from err
+    return color_map, list(names)
 
 
 def warmup_cosine(total_steps: int, warmup: float = 0.1, floor: float = 0.01) -> Any:
