@@ -324,6 +324,7 @@ def contenders_for(
     variant: str, base: nn.Module, loader: DataLoader, epochs: int, device: torch.device, peers: bool
 ) -> tuple[dict[str, Callable[[], None]], int]:
     """The runs of one variant, each on a fresh copy of the same initial model, and the steps of a run."""
+    runs: dict[str, Callable[[], None]]
     if variant in SCORED:
         model, data, make_metric = make_scored_setup(variant, len(loader.dataset))  # type: ignore[arg-type]
         runs = {
@@ -341,7 +342,7 @@ def contenders_for(
         return runs, epochs * len(data)
     amp = "bf16" if variant == "bf16" else None
     accum = 4 if variant == "accum4" else 1
-    runs: dict[str, Callable[[], None]] = {
+    runs = {
         "hand loop": lambda: hand_loop(copy.deepcopy(base), loader, epochs, device=device, amp=amp, grad_accum=accum),
         "trainkit": lambda: trainkit_fit(
             copy.deepcopy(base), loader, epochs, device=device, amp=amp, grad_accum=accum,
