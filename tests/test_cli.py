@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -300,6 +302,67 @@ def test_predict_writes_overlays_apart_so_x_and_x_overlay_both_keep_their_masks(
     for name, (h, w) in {"x": (40, 30), "x_overlay": (20, 50)}.items():
         assert Image.open(out / f"{name}.png").mode == "P" and Image.open(out / f"{name}.png").size == (w, h)
         assert Image.open(out / "overlays" / f"{name}.png").mode == "RGB"
+
+
+def test_predict_reports_each_unreadable_image_and_predicts_the_rest(trained: Path, tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "photos", {f"p{i}.png": (24, 24) for i in range(5)})
+    (photos / "p1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (photos / "p3.png").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    result = _predict(trained, photos, out, "--batch-size", "2")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p2.png", "p4.png"]
+    assert "predict: wrote 3 masks to" in result.stdout
+    # (libpng itself may print "libpng error: ..." for the truncated PNG, below trainkit's reach)
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("libpng ")]
+    assert len(lines) == 3, lines
+    assert re.match(r"trainkit predict: skipped .*p1\.png: cannot decode .*re-export it, or remove it", lines[0])
+    assert re.match(r"trainkit predict: skipped .*p3\.png: cannot decode", lines[1])
+    assert re.match(r"trainkit predict: error: 2 of 5 images could not be read and have no mask: .*p1\.png, "
+                    r".*p3\.png; re-export or remove them and run again", lines[2])  # fmt: skip
+
+
+def test_predict_reports_an_image_without_read_permission(trained: Path, tmp_path: Path) -> None:
+    prefix = _without_root_powers()
+    photos = _photos(tmp_path / "photos", {"a.png": (24, 24), "b.png": (24, 24)})
+    (photos / "a.png").chmod(0o000)
+    checkpoint = str(trained / "checkpoints" / "best.pt")
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "trainkit", "predict", "--checkpoint", checkpoint, "--images", str(photos),
+         "--out", str(tmp_path / "out"), "--device", "cpu"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png"]
+    assert re.search(r"skipped .*a\.png: .*[Pp]ermission denied", result.stderr), result.stderr
+    assert re.search(r"error: 1 of 2 images could not be read and have no mask: .*a\.png", result.stderr)
+
+
+def test_predict_writes_each_file_whole_or_not_at_all(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainkit.cli.predict import predict_folder
+
+    photos = _photos(tmp_path / "photos", {"a.png": (24, 24), "b.png": (24, 24)})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"the mask of an earlier run")
+    save = Image.Image.save
+
+    def disk_full_on_b(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        if "b.png" in str(getattr(fp, "name", fp)):
+            fp.write(b"\x89PNG\r\n\x1a\n half")  # the start of a PNG, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", disk_full_on_b)
+    with pytest.raises(OSError, match=r"cannot write .*out/b\.png \(No space left on device\); 1 of 2 masks were "
+                                      r"written before, each complete"):  # fmt: skip
+        predict_folder(trained / "checkpoints" / "best.pt", photos, out, device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # no temporary file left behind
+    assert (out / "b.png").read_bytes() == b"the mask of an earlier run"
+    assert Image.open(out / "a.png").size == (24, 24)
 
 
 @pytest.mark.parametrize(

@@ -248,12 +248,31 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from trainkit.cli.predict import OVERLAYS, predict_folder
 
+    def report(path: object, reason: str) -> None:
+        print(f"trainkit predict: skipped {reason}", file=sys.stderr)
+
     result = predict_folder(
-        args.checkpoint, args.images, args.out, device=args.device, overlays=args.overlays, batch_size=args.batch_size
+        args.checkpoint,
+        args.images,
+        args.out,
+        device=args.device,
+        overlays=args.overlays,
+        batch_size=args.batch_size,
+        on_failure=report,
     )
     overlays = f" and {len(result.overlays)} overlays to {os.path.join(args.out, OVERLAYS)}" if args.overlays else ""
     print(f"predict: wrote {len(result.masks)} masks to {args.out}{overlays}")
-    return 0
+    if not result.failed:
+        return 0
+    names = ", ".join(str(path) for path, _ in result.failed[:10])
+    more = f" and {len(result.failed) - 10} more" if len(result.failed) > 10 else ""
+    total = len(result.failed) + len(result.masks)
+    print(
+        f"trainkit predict: error: {len(result.failed)} of {total} images could not be read and have no mask: "
+        f"{names}{more}; re-export or remove them and run again (the masks written are kept)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _check(args: argparse.Namespace) -> int:

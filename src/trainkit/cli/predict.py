@@ -1,7 +1,9 @@
 """``trainkit predict``: one palette-encoded mask PNG per image, same stem, plus optional overlays.
 
 Nothing is overwritten by mistake: an output folder that is the images folder is refused, and so are
-images whose outputs would share a path (``a.png`` and ``a.jpg``), before anything is written.
+images whose outputs would share a path (``a.png`` and ``a.jpg``), before anything is written. An image
+that cannot be read is reported and skipped; the others are still predicted. Every file is written to a
+temporary file in its folder and renamed into place, so no half-written PNG is ever left.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,10 +26,11 @@ OVERLAYS = "overlays"  # the subfolder of `out` the overlays go to, `<stem>.png`
 
 
 class PredictResult(NamedTuple):
-    """What :func:`predict_folder` wrote."""
+    """What :func:`predict_folder` wrote, and the images it could not read (with the reason)."""
 
     masks: list[Path]
     overlays: list[Path]
+    failed: list[tuple[Path, str]]
 
 
 def predict_folder(
@@ -37,6 +41,7 @@ def predict_folder(
     device: str = "auto",
     overlays: bool = False,
     batch_size: int = 8,
+    on_failure: Callable[[Path, str], None] | None = None,
 ) -> PredictResult:
     """Predict a mask for every image in ``images`` and write ``out/<stem>.png`` (palette PNG of class ids).
 
@@ -51,22 +56,23 @@ def predict_folder(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         overlays: also write the overlays.
         batch_size: images a forward pass.
+        on_failure: called with the path and the reason for each image that cannot be read, as it happens.
 
     Returns:
-        The masks and overlays written, in natural order of the image names.
+        The masks and overlays written, in natural order of the image names, and the images that failed.
 
     Raises:
         ValueError: ``out`` is (or holds the overlays in) the ``images`` folder, ``out`` is a file, or two
             images would write the same output; nothing is written then.
+        OSError: an output cannot be written (full disk, permissions); the files written so far are complete.
 
     Example:
         >>> result = predict_folder("runs/demo/checkpoints/best.pt", "photos", "masks_out")  # doctest: +SKIP
-        >>> len(result.masks), len(result.overlays)  # doctest: +SKIP
-        (12, 0)
+        >>> len(result.masks), result.failed  # doctest: +SKIP
+        (12, [])
     """
     from PIL import Image
 
-    from trainkit.data._decode import read_image
     from trainkit.data._pairing import list_image_files
     from trainkit.data.transforms import BatchNormalize
     from trainkit.utils.device import resolve_device
@@ -82,22 +88,22 @@ def predict_folder(
         _make_folder(folder)
     colours = np.asarray(palette(256), dtype=np.uint8).reshape(-1).tolist()
     normalize = BatchNormalize(data["mean"], data["std"])
-    result = PredictResult([], [])
+    result = PredictResult([], [], [])
     for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        originals = [read_image(p, channels=3) for p in chunk]
-        batch = torch.stack([_resize(img, data["size"]) for img in originals]).to(dev)
+        chunk = _read_chunk(files[start : start + batch_size], result.failed, on_failure)
+        if not chunk:
+            continue
+        batch = torch.stack([_resize(img, data["size"]) for _, img in chunk]).to(dev)
         with torch.inference_mode():
             labels = model(normalize(batch)).argmax(1).cpu()
-        for path, img, label in zip(chunk, originals, labels, strict=True):
+        for (path, img), label in zip(chunk, labels, strict=True):
             mask = _resize_mask(label, (img.shape[-2], img.shape[-1]))
             pil = Image.fromarray(mask.numpy().astype(np.uint8))  # "L", becomes "P" with the palette
             pil.putpalette(colours)
-            pil.save(folders[0] / f"{path.stem}.png")
-            result.masks.append(folders[0] / f"{path.stem}.png")
+            result.masks.append(_save_png(pil, folders[0] / f"{path.stem}.png", result, len(files)))
             if overlays:
-                _overlay(img, mask, colours).save(folders[1] / f"{path.stem}.png")
-                result.overlays.append(folders[1] / f"{path.stem}.png")
+                painted = _overlay(img, mask, colours)
+                result.overlays.append(_save_png(painted, folders[1] / f"{path.stem}.png", result, len(files)))
     return result
 
 
@@ -147,6 +153,47 @@ def _make_folder(folder: Path) -> None:
         raise ValueError(f"--out {folder} is a file; give a folder for the masks (it is created)") from None
     except OSError as err:
         raise OSError(err.errno, f"cannot create the output folder {folder} ({err.strerror})") from err
+
+
+def _read_chunk(
+    paths: list[Path], failed: list[tuple[Path, str]], on_failure: Callable[[Path, str], None] | None
+) -> list[tuple[Path, torch.Tensor]]:
+    """The images of ``paths`` that decode, as ``[3, H, W]`` uint8; the others are added to ``failed``."""
+    from trainkit.data._decode import read_image
+    from trainkit.errors import DataError
+
+    chunk = []
+    for path in paths:
+        try:
+            chunk.append((path, read_image(path, channels=3)))
+        except (DataError, OSError) as err:
+            reason = str(err) if isinstance(err, DataError) else f"cannot read it ({err.strerror or err})"
+            reason = reason if str(path) in reason else f"{path}: {reason}"
+            failed.append((path, reason))
+            if on_failure is not None:
+                on_failure(path, reason)
+    return chunk
+
+
+def _save_png(image: Any, target: Path, result: PredictResult, total: int) -> Path:
+    """Write ``image`` as ``target`` atomically: a temporary file in the same folder, then ``os.replace``."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")  # hidden: never listed as an image
+    try:
+        # No fsync: the rename already keeps a crash or kill from leaving a partial PNG under the real name,
+        # and a sync per mask would slow a folder of thousands for the sake of a power cut.
+        with open(tmp, "wb") as handle:
+            image.save(handle, format="PNG")
+        os.replace(tmp, target)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        raise OSError(
+            err.errno,
+            f"cannot write {target} ({err.strerror or err}); {len(result.masks)} of {total} masks were written "
+            "before, each complete",
+        ) from err
+    return target
 
 
 def _resize(image: torch.Tensor, size: list[int] | tuple[int, int]) -> torch.Tensor:
