@@ -63,6 +63,7 @@ def run_epoch(trainer: Trainer, val_loader: Iterable[Any] | None, bar: Progress)
     logs: dict[str, float] = {"epoch": epoch + 1}
     logs.update({f"train/{k}": v for k, v in reduce_train_loss(trainer, train).items()})
     if val_loader is not None:
+        trainer.callbacks.dispatch("on_validation_start", trainer)
         val = {f"val/{k}": v for k, v in trainer.evaluate(val_loader).items()}
         trainer.callbacks.dispatch("on_validation_end", trainer, val)
         logs.update(val)

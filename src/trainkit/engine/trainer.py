@@ -39,6 +39,7 @@ from trainkit.engine.interrupts import GracefulInterrupt, StopRequested, resume_
 from trainkit.engine.loaders import TrainLoader, prepare_eval_loader
 from trainkit.engine.loop_state import LoopState
 from trainkit.engine.loops import evaluate, predict
+from trainkit.engine.lr_finder import LRFinderResult, lr_find
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
 from trainkit.engine.resume import check_savable, checkpoint_state, epoch_sums, restore_checkpoint, start_run
@@ -448,6 +449,32 @@ class Trainer:
         return predict(
             self.module, loader, device=self.device, precision=self.precision, batch_transform=self.batch_transform
         )
+
+    def lr_find(
+        self,
+        loader: Iterable[Any],
+        *,
+        min_lr: float = 1e-7,
+        max_lr: float = 10.0,
+        num_steps: int = 100,
+        smooth: float = 0.98,
+        diverge: float = 4.0,
+    ) -> LRFinderResult:
+        """Smith's learning-rate range test with this trainer's step; everything is left bitwise as it was.
+
+        The learning rate grows exponentially from ``min_lr`` to ``max_lr`` over ``num_steps`` optimizer
+        steps (each of ``grad_accum`` batches, with this trainer's precision and clipping) until the smoothed
+        loss exceeds ``diverge`` times its minimum. Model, optimizer, scaler and RNG states are restored
+        afterwards; see :func:`~trainkit.engine.lr_finder.lr_find` for the arguments.
+
+        Example:
+            >>> model = torch.nn.Linear(4, 1)
+            >>> t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.MSELoss(), device="cpu")
+            >>> result = t.lr_find([(torch.randn(16, 4), torch.randn(16, 1))], num_steps=20)
+            >>> len(result.lrs) <= 20, t.optimizer.param_groups[0]["lr"]
+            (True, 0.1)
+        """
+        return lr_find(self, loader, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, smooth=smooth, diverge=diverge)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path | None:
         """Write a resumable checkpoint (main process only; other ranks return ``None``).

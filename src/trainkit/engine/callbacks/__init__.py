@@ -2,7 +2,8 @@
 
 from trainkit.engine.callbacks.base import Callback, CallbackList
 from trainkit.engine.callbacks.early_stopping import EarlyStopping
+from trainkit.engine.callbacks.ema import EMA
 from trainkit.engine.callbacks.lr_monitor import LearningRateMonitor
 from trainkit.engine.callbacks.model_checkpoint import ModelCheckpoint
 
-__all__ = ["Callback", "CallbackList", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint"]
+__all__ = ["EMA", "Callback", "CallbackList", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint"]

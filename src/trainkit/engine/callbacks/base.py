@@ -15,6 +15,7 @@ HOOKS = (
     "on_fit_start",
     "on_epoch_start",
     "on_train_batch_end",
+    "on_validation_start",
     "on_validation_end",
     "on_epoch_end",
     "on_fit_end",
@@ -26,9 +27,9 @@ class Callback:
     """Base class for callbacks: override the hooks you need; the others cost nothing.
 
     Order within an epoch: ``on_epoch_start`` → ``on_train_batch_end`` (every batch) →
-    ``on_validation_end`` (when there is a validation loader) → ``on_epoch_end`` (after the
-    epoch's row is in ``trainer.history``). Set ``trainer.should_stop = True`` to end ``fit``
-    after the current epoch. Values added to ``trainer.epoch_logs`` before ``on_epoch_end`` land
+    ``on_validation_start`` and ``on_validation_end`` (when there is a validation loader) →
+    ``on_epoch_end`` (after the epoch's row is in ``trainer.history``). Set ``trainer.should_stop = True``
+    to end ``fit`` after the current epoch. Values added to ``trainer.epoch_logs`` before ``on_epoch_end`` land
     in the epoch's history row and ``metrics.csv``.
 
     A callback with state to keep across a resume implements ``state_dict``/``load_state_dict``
@@ -75,6 +76,15 @@ class Callback:
             ...     def on_train_batch_end(self, trainer, state, output):
             ...         if state.global_step % 100 == 0:
             ...             print(state.global_step)
+        """
+
+    def on_validation_start(self, trainer: Trainer) -> None:
+        """Called before the validation pass of an epoch (e.g. to validate other weights, as ``EMA`` does).
+
+        Example:
+            >>> class Announce(Callback):
+            ...     def on_validation_start(self, trainer):
+            ...         print(f"validating epoch {trainer.state.epoch + 1}")
         """
 
     def on_validation_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
