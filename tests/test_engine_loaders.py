@@ -130,8 +130,10 @@ def test_seeded_dataset_passes_plain_indices_and_batched_fetches() -> None:
 
 def test_train_loader_is_prepared_once_and_keeps_the_users_loader() -> None:
     user = DataLoader(Subset(Noisy(), range(8)), batch_size=4, shuffle=True, num_workers=0)
-    prepared = TrainLoader(user, DistributedContext.single(), seed=0)
+    prepared = TrainLoader(user, DistributedContext.single(), seed=0, sample_seeding="always")
     assert isinstance(prepared.loader.dataset, SeededDataset) and user.batch_sampler is not prepared.sampler
+    # "workers" without workers: the samples draw from the main process's stream, nothing to wrap
+    assert TrainLoader(user, DistributedContext.single(), seed=0).loader.dataset is user.dataset
     assert prepared.num_batches == 2 and prepared.epoch_state() is None
     assert len(list(prepared.batches(0))) == 2 and prepared.epoch_state() is not None
     off = TrainLoader(user, DistributedContext.single(), seed=0, sample_seeding=False)

@@ -166,12 +166,16 @@ class TrainLoader:
     ):
         self.given = loader
         seeded = sample_seeding is not False
+        # "workers" seeds in worker processes only: without workers the samples draw from the main process's
+        # stream (checkpointed), so the loader needs neither keys nor the seeding wrapper.
+        workers = getattr(loader, "num_workers", 0) > 0
+        seeds_samples = sample_seeding == "always" or (seeded and workers)
         sampler = dist.train_sampler(loader, seed=seed) if isinstance(loader, DataLoader) else None
         rebuilt = rebuild_loader(
             loader,
             sampler=sampler,
             pin_memory=pin_memory,
-            seed=seed if seeded else None,
+            seed=seed if seeds_samples else None,
             always=sample_seeding == "always",
             num_replicas=dist.world_size,
             rank=dist.rank,
