@@ -477,3 +477,21 @@ def test_an_unwritable_checkpoint_folder_is_refused_before_training(shapes: Path
     assert "epoch 1" not in result.stdout  # refused before training, not after the first epoch
     _one_error_line(result, r"^trainkit train: error: .*run/checkpoints.* is not writable.*fix its permissions or "
                             r"choose another `run_dir`")  # fmt: skip
+
+
+def test_train_refuses_to_replace_a_finished_run_unless_told_to_overwrite(
+    trained: Path, shapes: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "finished"
+    shutil.copytree(trained, run_dir)
+    before = {k: v for k, v in _contents(run_dir).items() if k != ".trainkit.lock"}  # the lock names its holder
+    result = run(*train_args(shapes, run_dir, epochs=1))
+    assert result.returncode == 1
+    _one_error_line(
+        result, r"^trainkit train: error: .*finished'` already holds a run .*`--overwrite` on the command line"
+    )
+    assert {k: v for k, v in _contents(run_dir).items() if k != ".trainkit.lock"} == before
+    result = run(*train_args(shapes, run_dir, epochs=1), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
+    assert [r["epoch"] for r in rows] == ["1"]

@@ -32,6 +32,7 @@ def run_demo(
     depth: int = 4,
     lr: float = 3e-3,
     progress: bool = True,
+    overwrite: bool = False,
     extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Train the demo UNet on synthetic shapes and write its outputs to ``run_dir``.
@@ -62,6 +63,7 @@ def run_demo(
         lr=lr,
         amp="auto",
         run_dir=str(run_dir),
+        overwrite=overwrite,
         device=device,
         base_channels=base_channels,
         depth=depth,

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=types.positive_int, default=480, help="number of synthetic images")
     demo.add_argument("--size", type=types.shapes_size, default=64, help="image size in pixels (at least 16)")
     demo.add_argument("--no-progress", action="store_true", help="one line an epoch instead of progress bars")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --run-dir")
 
     train = command("train", "train the UNet recipe on your own folders of images and masks")
     train.add_argument("--images", required=True, help="folder of images")
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
     train.add_argument("--run-dir", default="runs/train")
     train.add_argument("--resume", help="checkpoint path, or 'last' for <run-dir>/checkpoints/last.pt")
+    train.add_argument("--overwrite", action="store_true", help="replace the run --run-dir holds (without --resume)")
     train.add_argument("--device", default="auto")
     train.add_argument("--base-channels", type=types.positive_int, default=32, help="UNet width")
     train.add_argument("--depth", type=types.positive_int, default=4, help="UNet down-samplings; --size >= 2**depth")
@@ -194,7 +196,13 @@ def _demo(args: argparse.Namespace) -> int:
     from trainkit.cli.demo import run_demo
 
     result = run_demo(
-        args.run_dir, epochs=args.epochs, device=args.device, n=args.n, size=args.size, progress=not args.no_progress
+        args.run_dir,
+        epochs=args.epochs,
+        device=args.device,
+        n=args.n,
+        size=args.size,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(
         f"demo: val mIoU {result['miou']:.3f} after {result['epochs']} epochs in {result['seconds']:.0f} s; "
@@ -231,6 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         amp=args.amp,
         run_dir=args.run_dir,
         resume=args.resume,
+        overwrite=args.overwrite,
         device=args.device,
         base_channels=args.base_channels,
         depth=args.depth,

@@ -46,6 +46,7 @@ class Recipe:
     amp: str | bool = "auto"
     run_dir: str = "runs/train"
     resume: str | None = None
+    overwrite: bool = False
     device: str = "auto"
     base_channels: int = 32
     depth: int = 4
@@ -116,7 +117,7 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
 
     from trainkit.data import SegmentationDataset, collate
     from trainkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchNormalize, eval_preset, train_preset
-    from trainkit.engine import EarlyStopping, Trainer
+    from trainkit.engine import EarlyStopping, RunDir, Trainer
     from trainkit.losses import DiceCELoss
     from trainkit.metrics import MeanIoU
 
@@ -170,7 +171,7 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
         scheduler_interval="step",
         amp=recipe.amp,
         device=recipe.device,
-        run_dir=recipe.run_dir,
+        run_dir=RunDir(recipe.run_dir, overwrite=recipe.overwrite),  # a fresh run never replaces one unasked
         seed=recipe.seed,
         progress=recipe.progress,
         batch_transform=BatchNormalize(IMAGENET_MEAN, IMAGENET_STD),
