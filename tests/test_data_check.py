@@ -199,3 +199,25 @@ def test_report_lists_at_most_twenty_lines_per_section() -> None:
     report = CheckReport(Path("i"), Path("m"), errors=[f"e{k}" for k in range(25)])
     text = str(report)
     assert "  - e19" in text and "  - e20" not in text and "... and 5 more (see `report.errors`)" in text
+
+
+def test_class_frequencies_and_suggested_weights(tmp_path: Path) -> None:
+    layout = layouts.pascal_voc(tmp_path, n=2, extra_images=0)
+    report = check(layout.images, layout.masks, num_classes=21)
+    stacked = np.stack(layout.masks_raw)
+    counts = {int(c): int((stacked == c).sum()) for c in np.unique(stacked) if c != 255}
+    total = sum(counts.values())
+    assert report.class_frequencies == pytest.approx({c: n / total for c, n in counts.items()})
+    # inverse_sqrt by hand: 1 / sqrt(frequency) for the classes with pixels, scaled to mean 1 over them; others 0
+    expected = np.zeros(21)
+    present = list(counts)
+    expected[present] = [1 / np.sqrt(counts[c] / total) for c in present]
+    expected[present] /= expected[present].mean()
+    weights = report.suggested_weights()
+    assert weights is not None
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5)
+    text = str(report)
+    cells = ", ".join(f"{c}: {100 * n / total:.1f}%" for c, n in counts.items())
+    assert f"  class frequencies (ignore excluded): {cells}\n" in text
+    assert "  suggested class weights (inverse_sqrt): [" + ", ".join(f"{w:.2f}" for w in expected) + "]" in text
+    assert report.pos_weight is None  # binary only

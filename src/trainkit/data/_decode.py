@@ -14,6 +14,12 @@ Each file is read once (:func:`read_bytes`) and decoded from memory; a caller th
 hash them, or to ask :func:`lossy_format`) passes them as ``data=``. TIFF is the exception: it is decoded from
 the file, because a multi-page stack can be gigabytes of which only the first page is wanted.
 
+Images are turned the way a viewer shows them (``exif_orientation=True``): cameras and phones store the sensor's
+pixels and record the turn in the EXIF orientation tag, and annotation tools draw masks on the turned image.
+torchvision applies the tag to JPEG and PNG; WEBP files that carry EXIF go through Pillow
+(``ImageOps.exif_transpose``), as do the formats torchvision does not decode. TIFF images are read as stored
+(microscopy stacks, whose viewers disagree about the tag). Masks are always read as stored.
+
 torchvision 0.29 deprecated its image decoders in favour of TorchCodec and warns on every call; that one
 warning is filtered here, and a torchvision without the decoders makes Pillow decode everything.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -29,7 +36,7 @@ from typing import cast
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from trainkit.errors import DecodeError
 
@@ -40,8 +47,10 @@ except ImportError:  # a torchvision that dropped its decoders: Pillow decodes e
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "TORCHVISION_DEPRECATION",
     "check_channels",
     "lossy_format",
+    "orientation_tag",
     "pixel_format",
     "read_bytes",
     "read_image",
@@ -51,9 +60,10 @@ __all__ = [
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 """File extensions (lower case) that are listed as images or masks; everything else in a folder is ignored."""
 
-warnings.filterwarnings(
-    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
-)
+TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
+"""The start of the warning torchvision 0.29+ gives on every decode, filtered here (a ``warnings`` message regex)."""
+
+warnings.filterwarnings("ignore", message=TORCHVISION_DEPRECATION, category=DeprecationWarning)
 
 _TIFF_HINT = "install the TIFF codecs with `pip install trainkit[tiff]` (tifffile + imagecodecs)"
 _READ_MODES = {1: "GRAY", 3: "RGB", 4: "RGB_ALPHA"}  # ImageReadMode names per channel count
@@ -74,6 +84,29 @@ def _kind(head: bytes) -> str:
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
     return "other"  # GIF, BMP and anything else Pillow can identify
+
+
+def _webp_has_exif(head: bytes) -> bool:
+    """Whether an extended WEBP (``VP8X`` chunk first) says it carries EXIF (flag bit 3), from its first bytes."""
+    return head[12:16] == b"VP8X" and len(head) > 20 and bool(head[20] & 0x08)
+
+
+def orientation_tag(data: np.ndarray) -> int:
+    """The EXIF orientation tag of an image file's bytes: 1 (as stored) to 8; 1 when there is none.
+
+    5 to 8 turn the image by 90 or 270 degrees, so a viewer shows it with width and height swapped; 2 to 4
+    mirror it or turn it by 180 degrees.
+
+    Example:
+        >>> orientation_tag(np.frombuffer(b"\\x89PNG\\r\\n\\x1a\\n", np.uint8))  # no EXIF: as stored
+        1
+    """
+    try:
+        with Image.open(_in_memory(data)) as pil:
+            value = pil.getexif().get(0x0112, 1)
+    except Exception:  # not an image Pillow reads, or a corrupt EXIF block: as stored
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def lossy_format(data: np.ndarray) -> str | None:
@@ -237,23 +270,49 @@ def check_channels(channels: int) -> None:
         raise ValueError(f"`channels` must be 1 (gray), 3 (RGB) or 4 (RGBA), got {channels!r}")
 
 
-def read_image(path: Path, channels: int = 3, *, data: np.ndarray | None = None) -> torch.Tensor:
-    """Decode an image file into a uint8 ``[channels, H, W]`` tensor (first frame/page of animations/stacks).
+def read_image(
+    path: str | os.PathLike[str],
+    channels: int = 3,
+    *,
+    data: np.ndarray | None = None,
+    exif_orientation: bool = True,
+) -> torch.Tensor:
+    """Decode an image file into a uint8 ``[channels, H, W]`` tensor, turned the way a viewer shows it.
+
+    The first frame/page of animations and stacks. JPEG, PNG and WEBP photos are turned by their EXIF
+    orientation tag (phones store portrait photos as landscape pixels plus that tag), so the tensor lines up
+    with masks drawn in annotation tools, which show the turned image; ``exif_orientation=False`` reads the
+    stored pixels. Masks are not turned (:func:`read_mask`).
 
     Args:
         path: The image file (named in errors).
         channels: 1 (gray), 3 (RGB) or 4 (RGBA).
         data: The file's bytes from :func:`read_bytes`, when the caller already read them.
+        exif_orientation: Apply the EXIF orientation tag (JPEG, PNG, WEBP), as image viewers do.
 
     Raises:
         DecodeError: the file is unreadable, truncated, corrupt, not an image, or needs a missing TIFF codec.
+
+    Example:
+        >>> exif = Image.Exif()
+        >>> exif[0x0112] = 6  # orientation "turn 90 degrees clockwise", as a phone held upright writes it
+        >>> photo = io.BytesIO()
+        >>> Image.new("RGB", (40, 30)).save(photo, "JPEG", exif=exif)  # stored 40 wide, 30 high
+        >>> data = np.frombuffer(photo.getvalue(), np.uint8).copy()
+        >>> tuple(read_image("portrait.jpg", data=data).shape), tuple(read_image("portrait.jpg", data=data,
+        ...                                                                       exif_orientation=False).shape)
+        ((3, 40, 30), (3, 30, 40))
     """
+    path = Path(path)
     data = read_bytes(path) if data is None else data
-    kind = _kind(data[:12].tobytes())
-    if kind in ("png", "jpeg", "webp") and decode_image is not None:
+    head = data[:32].tobytes()
+    kind = _kind(head)
+    if kind in ("png", "jpeg", "webp") and decode_image is not None and not (exif_orientation and _webp_has_exif(head)):
         mode = "RGB" if kind == "jpeg" and channels == 4 else _READ_MODES[channels]  # JPEG has no RGBA mode
         try:
-            image = decode_image(torch.from_numpy(data), mode=ImageReadMode[mode])
+            image = decode_image(
+                torch.from_numpy(data), mode=ImageReadMode[mode], apply_exif_orientation=exif_orientation
+            )
         except RuntimeError as err:
             raise _decode_error(path, err) from err
         if image.dtype == torch.uint16:  # 16-bit PNG
@@ -266,7 +325,10 @@ def read_image(path: Path, channels: int = 3, *, data: np.ndarray | None = None)
             raise DecodeError(f"{path}: {chw.shape[0]} channels per pixel; expected 1 to 4 (gray, RGB, RGBA)")
         return _convert_channels(chw, channels)
     try:
-        with Image.open(_in_memory(data)) as pil:
+        with Image.open(_in_memory(data)) as opened:
+            pil: Image.Image = opened
+            if exif_orientation and kind in ("png", "jpeg", "webp"):
+                pil = ImageOps.exif_transpose(pil)
             if pil.mode in ("I", "F") or pil.mode.startswith("I;16"):
                 array = _to_uint8(np.array(pil), path)
                 return _convert_channels(torch.from_numpy(array).unsqueeze(0), channels)

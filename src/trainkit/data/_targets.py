@@ -18,10 +18,22 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from trainkit.data._encoding import is_int, lossy_fix
+from trainkit.data._encoding import MaskEncoding, is_int, lossy_fix
 from trainkit.errors import MaskValueError
 
-__all__ = ["binary_target", "instance_target", "label_table", "object_ids", "semantic_target"]
+__all__ = [
+    "TARGETS",
+    "binary_from_raw",
+    "binary_target",
+    "detection_dict",
+    "instance_target",
+    "label_table",
+    "object_ids",
+    "semantic_target",
+]
+
+TARGETS: tuple[str, ...] = ("semantic", "binary", "instance")
+"""The target kinds the datasets build."""
 
 
 def semantic_target(ids: np.ndarray) -> tv_tensors.Mask:
@@ -40,6 +52,27 @@ def binary_target(values: np.ndarray, *, threshold: float | None, ignore_index: 
     if ignore_index is not None:
         np.putmask(target, values == ignore_index, ignore_index)
     return tv_tensors.Mask(torch.from_numpy(target))
+
+
+def binary_from_raw(
+    raw: np.ndarray, encoding: MaskEncoding, path: Path, *, threshold: float | None, lossy: str | None
+) -> tv_tensors.Mask:
+    """The ``target="binary"`` rule on a decoded mask: 0/1 int64 ``Mask [H, W]`` (``ignore_index`` kept when mapped).
+
+    Without a map any non-zero value (any non-zero channel of a colour mask) is foreground, 255 included;
+    lossy (JPEG) masks: values above mid-range, unless ``threshold`` is given. With a map, class ids other than
+    0 are foreground.
+
+    Raises:
+        MaskValueError: values or colours missing from the map.
+    """
+    if not encoding.mapped:
+        values = raw.max(axis=2) if raw.ndim == 3 else raw  # colour masks: any non-zero channel
+        if threshold is None and lossy:  # noise near edges: a 0/255 JPEG holds 1..254 there (8-bit, uint8)
+            threshold = np.iinfo(values.dtype).max // 2
+        return binary_target(values, threshold=threshold, ignore_index=None)
+    ids = encoding.class_ids(raw, path, lossy=lossy)
+    return binary_target(ids, threshold=threshold, ignore_index=encoding.ignore_index)
 
 
 def object_ids(ids: np.ndarray, ignore_index: int | None) -> np.ndarray:
@@ -99,13 +132,8 @@ def instance_target(
     Raises:
         MaskValueError: an object id missing from ``instance_labels``.
     """
-    height, width = ids.shape
     obj_ids = object_ids(ids, ignore_index)
     masks = ids == obj_ids[:, None, None]
-    rows, cols = masks.any(axis=2), masks.any(axis=1)  # [N, H], [N, W]: does the object touch this row/column?
-    x1, y1 = cols.argmax(axis=1), rows.argmax(axis=1)  # argmax gives the first True
-    x2, y2 = width - cols[:, ::-1].argmax(axis=1), height - rows[:, ::-1].argmax(axis=1)
-    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
     if labels is None:
         classes = np.ones(len(obj_ids), dtype=np.int64)
     else:
@@ -117,12 +145,34 @@ def instance_target(
                 f"{path}: object ids {obj[classes < 0][:8].tolist()} are not keys of `instance_labels`; "
                 f"{lossy_fix(lossy) if lossy else fix}"
             )
-    boxes_t = torch.from_numpy(boxes)
+    return detection_dict(masks, classes, np.zeros(len(obj_ids), dtype=np.int64), index)
+
+
+def detection_dict(
+    masks: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray, image_id: int
+) -> dict[str, torch.Tensor]:
+    """torchvision's detection dict from bool object masks ``[N, H, W]`` (non-empty), their labels and crowd flags.
+
+    Boxes come from the masks: xyxy, ``x2``/``y2`` the last column/row + 1; ``area`` is the box area.
+
+    Example:
+        >>> masks = np.zeros((1, 4, 6), dtype=bool)
+        >>> masks[0, 1:3, 2:5] = True
+        >>> target = detection_dict(masks, np.array([7]), np.array([0]), image_id=3)
+        >>> target["boxes"].tolist(), target["area"].tolist(), target["labels"].tolist()
+        ([[2.0, 1.0, 5.0, 3.0]], [6.0], [7])
+    """
+    _, height, width = masks.shape
+    rows = np.any(masks, axis=2, keepdims=False)  # [N, H]: does the object touch this row?
+    cols = np.any(masks, axis=1, keepdims=False)  # [N, W]: this column?
+    x1, y1 = cols.argmax(axis=1), rows.argmax(axis=1)  # argmax gives the first True
+    x2, y2 = width - cols[:, ::-1].argmax(axis=1), height - rows[:, ::-1].argmax(axis=1)
+    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
     return {
         "masks": tv_tensors.Mask(torch.from_numpy(masks)),
-        "boxes": tv_tensors.BoundingBoxes(boxes_t, format="XYXY", canvas_size=(height, width)),
-        "labels": torch.from_numpy(classes),
+        "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)),
+        "labels": torch.from_numpy(labels.astype(np.int64, copy=False)),
         "area": torch.from_numpy((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])),
-        "iscrowd": torch.zeros(len(obj_ids), dtype=torch.int64),
-        "image_id": torch.tensor(index, dtype=torch.int64),
+        "iscrowd": torch.from_numpy(iscrowd.astype(np.int64, copy=False)),
+        "image_id": torch.tensor(image_id, dtype=torch.int64),
     }

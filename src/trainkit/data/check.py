@@ -5,24 +5,33 @@ records each failure (naming the file) and carries on, so one run lists all unpa
 truncated files, size mismatches and bad mask values, together with the per-class pixel histogram, the
 images' pixel formats and duplicate images. Each file is read once: its bytes are hashed, their header read
 and decoded from memory (TIFF images excepted, decoded from the file: see ``_decode``).
+
+The summary also gives the class frequencies with ignored pixels left out, and loss weights that balance them:
+``weight=`` from :func:`trainkit.losses.class_weights`, or a binary loss's ``pos_weight``. That one function
+of the losses is imported when a report is printed, not with this module, so ``trainkit.data`` stays
+independent of ``trainkit.losses`` (layers of DESIGN.md) while the numbers come from the one place that
+defines them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from trainkit.data._decode import check_channels, lossy_format, pixel_format, read_bytes, read_image, read_mask
+from trainkit.data._check_steps import Tally, add_counts, add_warnings, check_image, hidden_foreground
+from trainkit.data._decode import check_channels, lossy_format, read_bytes, read_mask
 from trainkit.data._encoding import MaskEncoding, is_int
 from trainkit.data._pairing import ambiguous_message, find_pairs, list_image_files, unpaired_message
+from trainkit.data._sizes import size_mismatch
+from trainkit.data._targets import TARGETS, binary_from_raw
 from trainkit.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CheckReport", "check"]
 
@@ -46,11 +55,16 @@ class CheckReport:
         channel_counts: Images per stored channel count (before conversion to ``channels``).
         image_sizes: Images per ``(width, height)``.
         duplicates: Groups of image files with identical content.
+        ignore_index: The id of ignored pixels, left out of the frequencies and weights.
+        target: The target kind checked: ``"semantic"``, ``"binary"`` (histogram of 0/1) or ``"instance"``
+            (histogram of object ids, no weights).
+        num_classes: The ``num_classes`` checked against, if given.
+        annotations: ``masks`` is an annotation file (COCO, :func:`~trainkit.data.check_coco`), not a folder.
 
     Example:
-        >>> report = CheckReport(Path("images"), Path("masks"))
-        >>> report.ok, report.errors
-        (True, [])
+        >>> report = CheckReport(Path("images"), Path("masks"), class_histogram={0: 900, 1: 90, 2: 10, 255: 50})
+        >>> report.ok, report.errors, report.class_frequencies
+        (True, [], {0: 0.9, 1: 0.09, 2: 0.01})
     """
 
     images: Path
@@ -65,6 +79,58 @@ class CheckReport:
     image_sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
     duplicates: list[list[Path]] = field(default_factory=list)
     ignore_index: int | None = 255
+    target: str = "semantic"
+    num_classes: int | None = None
+    annotations: bool = False
+
+    @property
+    def class_frequencies(self) -> dict[int, float]:
+        """Fraction of the counted pixels per class, ``ignore_index`` left out (empty when nothing was counted).
+
+        Example:
+            >>> CheckReport(Path("i"), Path("m"), class_histogram={0: 3, 1: 1, 255: 4}).class_frequencies
+            {0: 0.75, 1: 0.25}
+        """
+        counts = {c: n for c, n in sorted(self.class_histogram.items()) if c != self.ignore_index}
+        total = sum(counts.values())
+        return {c: n / total for c, n in counts.items()} if total else {}
+
+    def suggested_weights(self, method: str = "inverse_sqrt") -> torch.Tensor | None:
+        """Loss ``weight=`` per class from the histogram (:func:`trainkit.losses.class_weights`), or ``None``.
+
+        ``None`` for ``target="instance"`` (object ids are no classes), when fewer than two classes have pixels
+        (nothing to balance), or when the histogram holds ids that do not fit ``num_classes`` (listed among the
+        errors).
+
+        Example:
+            >>> report = CheckReport(Path("i"), Path("m"), class_histogram={0: 900, 1: 90, 2: 10, 255: 50})
+            >>> report.suggested_weights()
+            tensor([0.2198, 0.6951, 2.0852])
+        """
+        from trainkit.losses import class_weights  # imported here: see the module docstring
+
+        if self.target == "instance" or len(self.class_frequencies) < 2:
+            return None
+        num_classes = 2 if self.target == "binary" else self.num_classes
+        try:
+            return class_weights(
+                self.class_histogram, method=method, num_classes=num_classes, ignore_index=self.ignore_index
+            )
+        except ValueError:
+            return None
+
+    @property
+    def pos_weight(self) -> float | None:
+        """``pos_weight`` of a binary loss, ``n_negative / n_positive``; ``None`` unless ``target="binary"``.
+
+        Example:
+            >>> CheckReport(Path("i"), Path("m"), class_histogram={0: 900, 1: 100}, target="binary").pos_weight
+            9.0
+        """
+        weights = self.suggested_weights("inverse") if self.target == "binary" else None
+        if weights is None or not float(weights[0]) or not float(weights[1]):
+            return None
+        return round(float(weights[1] / weights[0]), 6)
 
     @property
     def ok(self) -> bool:
@@ -78,7 +144,7 @@ class CheckReport:
 
     def __str__(self) -> str:
         """A readable multi-line summary, as ``trainkit check`` prints it."""
-        lines = [f"trainkit check: images={self.images}  masks={self.masks}"]
+        lines = [f"trainkit check: images={self.images}  {'annotations' if self.annotations else 'masks'}={self.masks}"]
         checked = f" ({self.checked} checked)" if self.checked != self.pairs else ""
         lines.append(f"  pairs: {self.pairs}{checked}")
         if self.image_sizes:
@@ -96,6 +162,7 @@ class CheckReport:
                 tag = " ignore" if class_id == self.ignore_index else ""
                 cells.append(f"{class_id}{tag}: {count} ({100 * count / total:.1f}%)")
             lines.append("  class histogram (pixels): " + ", ".join(cells))
+            lines.extend(self._balance_lines())
         for title, items in (("errors", self.errors), ("warnings", self.warnings)):
             if items:
                 lines.append(f"{title.upper()} ({len(items)}):")
@@ -106,37 +173,68 @@ class CheckReport:
         lines.append(f"result: {verdict} ({len(self.errors)} errors, {len(self.warnings)} warnings)")
         return "\n".join(lines)
 
+    def _balance_lines(self) -> list[str]:
+        """The class frequencies and the loss weights that balance them, for the summary."""
+        frequencies = self.class_frequencies
+        if self.target == "instance" or not frequencies:
+            return []
+        excluded = " (ignore excluded)" if self.ignore_index in self.class_histogram else ""
+        cells = ", ".join(f"{c}: {100 * f:.1f}%" for c, f in frequencies.items())
+        lines = [f"  class frequencies{excluded}: {cells}"]
+        if self.target == "binary":
+            if self.pos_weight is not None:
+                lines.append(
+                    f"  suggested pos_weight (n_negative / n_positive): {self.pos_weight:.2f}  "
+                    "(`pos_weight=` of a binary loss)"
+                )
+            return lines
+        weights = self.suggested_weights()
+        if weights is not None:
+            shown = ", ".join(f"{w:.2f}" for w in weights.tolist())
+            lines.append(f"  suggested class weights (inverse_sqrt): [{shown}]  (`weight=` of the loss)")
+        return lines
+
 
 def check(
     images: str | os.PathLike[str],
     masks: str | os.PathLike[str],
     *,
     mask_suffix: str = "",
+    target: str = "semantic",
     num_classes: int | None = None,
     color_map: Mapping[tuple[int, int, int], int] | None = None,
     value_map: Mapping[int, int] | None = None,
     ignore_index: int | None = 255,
+    threshold: float | None = None,
     channels: int = 3,
+    exif_orientation: bool = True,
     recursive: bool = False,
     max_files: int | None = None,
 ) -> CheckReport:
     """Validate a dataset the way :class:`~trainkit.data.SegmentationDataset` reads it, reporting everything.
 
     Checks pairing (unpaired files, files sharing a stem), that every image and mask decodes (truncated or
-    corrupt files), that sizes agree, that mask values are known colours/values and below ``num_classes``;
-    collects the per-class pixel histogram, the images' channel counts and sizes, and finds duplicate images
-    by content hash. It never stops at the first problem and never raises for a problem in the data.
+    corrupt files), that sizes agree (naming EXIF rotation when a mask fits its image only turned), that mask
+    values are known colours/values and below ``num_classes``, and that the masks do not hold only 0 and
+    ``ignore_index`` with a target other than ``"binary"`` (0/255 binary masks, whose foreground would all be
+    ignored); collects the per-class pixel histogram (of the ``target``'s ids), the class frequencies and
+    suggested loss weights, the images' channel counts and sizes, and finds duplicate images by content hash.
+    It never stops at the first problem and never raises for a problem in the data.
 
     Args:
         images: Folder of images.
         masks: Folder of masks.
         mask_suffix: As in ``SegmentationDataset``.
+        target: As in ``SegmentationDataset``: ``"binary"`` counts the 0/1 targets (and suggests a
+            ``pos_weight``), ``"semantic"`` and ``"instance"`` the stored ids (or mapped class ids).
         num_classes: When given, mask values ``>= num_classes`` (other than ``ignore_index``) are errors and
             classes never seen are warnings.
         color_map: As in ``SegmentationDataset``.
         value_map: As in ``SegmentationDataset``.
         ignore_index: As in ``SegmentationDataset``.
+        threshold: As in ``SegmentationDataset`` (``target="binary"`` only).
         channels: The channel count training will use; images stored otherwise get a warning.
+        exif_orientation: As in ``SegmentationDataset``: images are turned by their EXIF orientation tag.
         recursive: As in ``SegmentationDataset``.
         max_files: Check only the first ``max_files`` pairs (pairing is always checked in full).
 
@@ -144,21 +242,30 @@ def check(
         A :class:`CheckReport`; ``print(report)`` shows the summary, ``report.ok`` the verdict.
 
     Raises:
-        ValueError: arguments of the wrong form (a bad ``color_map``, ``channels``, ``max_files``...).
+        ValueError: arguments of the wrong form (a bad ``target``, ``color_map``, ``channels``, ``max_files``...).
 
     Example:
-        >>> report = check("PennFudanPed/PNGImages", "PennFudanPed/PedMasks", mask_suffix="_mask")  # doctest: +SKIP
+        >>> report = check("data/images", "data/masks", mask_suffix="_mask", num_classes=3)  # doctest: +SKIP
         >>> print(report)  # doctest: +SKIP
-        >>> report.ok  # doctest: +SKIP
-        True
+        trainkit check: images=data/images  masks=data/masks
+          pairs: 120
+          ...
+          class frequencies: 0: 90.0%, 1: 9.0%, 2: 1.0%
+          suggested class weights (inverse_sqrt): [0.22, 0.70, 2.09]  (`weight=` of the loss)
+        result: OK (0 errors, 0 warnings)
     """
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}")
+    if threshold is not None and target != "binary":
+        raise ValueError(f"`threshold` applies to `target='binary'` only, got `target={target!r}`")
     check_channels(channels)
     if max_files is not None and (not is_int(max_files) or max_files < 1):
         raise ValueError(f"`max_files` must be a positive integer or None, got {max_files!r}")
     encoding = MaskEncoding(
         color_map=color_map, value_map=value_map, ignore_index=ignore_index, num_classes=num_classes
     )
-    report = CheckReport(Path(images), Path(masks), ignore_index=ignore_index)
+    report = CheckReport(Path(images), Path(masks), ignore_index=ignore_index, target=target, num_classes=num_classes)
+    rules = _Rules(channels, encoding, target, threshold, exif_orientation)
     try:
         pairing = find_pairs(images, masks, mask_suffix=mask_suffix, recursive=recursive)
     except DataError:
@@ -174,62 +281,37 @@ def check(
         report.errors.append(unpaired_message(pairing, Path(images), Path(masks), mask_suffix))
     report.pairs = len(pairing.pairs)
 
-    tally = _Tally()
+    tally = Tally()
     for image_path, mask_path in pairing.pairs[:max_files]:
         report.checked += 1
         try:
-            _check_pair(image_path, mask_path, channels, encoding, report, tally)
+            _check_pair(image_path, mask_path, rules, report, tally)
         except Exception as err:  # a report, not a traceback: anything unexpected is one more error line
             report.errors.append(f"{image_path} / {mask_path}: unexpected {type(err).__name__}: {err}")
 
     report.class_histogram = {i: int(n) for i, n in enumerate(tally.histogram.tolist()) if n > 0}
-    _add_warnings(report, tally, channels, num_classes)
+    hidden = hidden_foreground(report.class_histogram, target, encoding)
+    if hidden:
+        report.errors.append(hidden)
+    add_warnings(report, tally, channels, num_classes)
     return report
 
 
-@dataclass
-class _Tally:
-    """What :func:`check` counts over the pairs before it writes warnings."""
+@dataclass(frozen=True)
+class _Rules:
+    """How :func:`check` reads a pair, as the dataset would."""
 
-    histogram: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    hashes: dict[str, list[Path]] = field(default_factory=dict)
-    converted: Counter[str] = field(default_factory=Counter)
-    lossy_masks: Counter[str] = field(default_factory=Counter)
-
-
-def _check_image(image_path: Path, channels: int, report: CheckReport, tally: _Tally) -> torch.Tensor | None:
-    """Read one image once: hash it, read its pixel format and decode it; ``None`` when it cannot be read."""
-    try:
-        data = read_bytes(image_path)
-    except DataError as err:
-        report.errors.append(str(err))
-        return None
-    tally.hashes.setdefault(hashlib.blake2b(data.data, digest_size=16).hexdigest(), []).append(image_path)
-    fmt, stored = pixel_format(image_path, data=data)
-    report.pixel_formats[fmt] += 1
-    if stored is not None:
-        report.channel_counts[stored] += 1
-        if stored != channels:
-            tally.converted[fmt] += 1
-    try:
-        image = read_image(image_path, channels, data=data)
-    except DataError as err:
-        report.errors.append(str(err))
-        return None
-    report.image_sizes[(image.shape[-1], image.shape[-2])] += 1
-    return image
+    channels: int
+    encoding: MaskEncoding
+    target: str
+    threshold: float | None
+    exif_orientation: bool
 
 
-def _check_pair(
-    image_path: Path,
-    mask_path: Path,
-    channels: int,
-    encoding: MaskEncoding,
-    report: CheckReport,
-    tally: _Tally,
-) -> None:
+def _check_pair(image_path: Path, mask_path: Path, rules: _Rules, report: CheckReport, tally: Tally) -> None:
     """Decode one pair, record its problems in ``report`` and add its classes to ``tally.histogram``."""
-    image = _check_image(image_path, channels, report, tally)
+    encoding = rules.encoding
+    decoded = check_image(image_path, rules.channels, report, tally, exif_orientation=rules.exif_orientation)
     try:
         data = read_bytes(mask_path)
         lossy = lossy_format(data)
@@ -239,44 +321,27 @@ def _check_pair(
     except DataError as err:
         report.errors.append(str(err))
         return
-    if image is not None and tuple(image.shape[-2:]) != raw.shape[:2]:
-        report.errors.append(
-            f"size mismatch: image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH), "
-            f"mask {mask_path} is {raw.shape[1]}x{raw.shape[0]}"
+    if decoded is not None and tuple(decoded[0].shape[-2:]) != raw.shape[:2]:
+        image, data = decoded
+        mismatch = size_mismatch(
+            image_path,
+            (image.shape[-2], image.shape[-1]),
+            f"its mask {mask_path}",
+            (raw.shape[0], raw.shape[1]),
+            image_data=data,
+            exif_orientation=rules.exif_orientation,
         )
+        report.errors.append(f"size mismatch: {mismatch}")
     try:
+        if rules.target == "binary":
+            add_counts(tally, binary_from_raw(raw, encoding, mask_path, threshold=rules.threshold, lossy=lossy).numpy())
+            return
         ids = encoding.class_ids(raw, mask_path, lossy=lossy)
     except DataError as err:
         report.errors.append(str(err))
         return
-    if ids.size and int(ids.min()) >= 0 and int(ids.max()) < 2**20:
-        counts = np.bincount(ids.reshape(-1))
-        if len(counts) > len(tally.histogram):
-            grow = np.zeros(len(counts) - len(tally.histogram), dtype=np.int64)
-            tally.histogram = np.concatenate([tally.histogram, grow])
-        tally.histogram[: len(counts)] += counts
+    add_counts(tally, ids)
     try:
         encoding.check_classes(ids, mask_path, lossy=lossy)
     except DataError as err:
         report.errors.append(str(err))
-
-
-def _add_warnings(report: CheckReport, tally: _Tally, channels: int, num_classes: int | None) -> None:
-    report.duplicates = [group for group in tally.hashes.values() if len(group) > 1]
-    for group in report.duplicates:
-        report.warnings.append(
-            f"identical images (same content): {', '.join(str(p) for p in group)}; duplicates can leak between "
-            "train and validation splits"
-        )
-    if tally.converted:
-        formats = ", ".join(f"{n} stored as {fmt}" for fmt, n in tally.converted.most_common())
-        report.warnings.append(f"images converted to `channels`={channels}: {formats}")
-    for lossy, count in tally.lossy_masks.items():
-        report.warnings.append(
-            f"{count} masks are {lossy} files: lossy compression creates values that are not classes near edges; "
-            "`target='binary'` thresholds them at mid-range (> 127), class-id masks must be re-saved losslessly (PNG)"
-        )
-    if num_classes is not None and report.class_histogram:
-        unseen = [c for c in range(num_classes) if c not in report.class_histogram]
-        if unseen:
-            report.warnings.append(f"classes with no pixel in the checked masks: {unseen[:20]}")

@@ -9,6 +9,11 @@ Contract of a sample ``image, target = ds[i]``:
   ``boxes`` (``tv_tensors.BoundingBoxes`` float32 xyxy, ``x2``/``y2`` = last column/row + 1), ``labels``
   int64 ``[N]``, ``area`` float32 ``[N]`` (box area), ``iscrowd`` int64 zeros, ``image_id`` int64 (the index).
 
+Images are turned by their EXIF orientation tag, as viewers show them (``exif_orientation=True``); masks are
+read as stored. A mask set that holds only 0 and ``ignore_index`` (0/255 binary masks read as class ids, where
+255 would hide the whole foreground) is refused when the dataset is built, from a sample of
+:data:`SAMPLED_MASKS` masks: cheap, once, and in the calling process, before any DataLoader worker starts.
+
 Random augmentations draw from the global RNGs, like any dataset's: the ``Trainer`` seeds them for each
 sample from ``(seed, epoch, position)`` (``trainkit.engine.Seeding``), one mechanism for this dataset
 and the user's own.
@@ -16,30 +21,37 @@ and the user's own.
 
 from __future__ import annotations
 
-import csv
 import operator
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from trainkit.data._decode import check_channels, lossy_format, read_bytes, read_image, read_mask
+from trainkit.data._decode import (
+    TORCHVISION_DEPRECATION,
+    check_channels,
+    lossy_format,
+    read_bytes,
+    read_image,
+    read_mask,
+)
 from trainkit.data._encoding import MaskEncoding
 from trainkit.data._pairing import pair_files
-from trainkit.data._targets import binary_target, instance_target, label_table, semantic_target
-from trainkit.errors import DataError
+from trainkit.data._sizes import size_mismatch
+from trainkit.data._targets import TARGETS, binary_from_raw, instance_target, label_table, semantic_target
+from trainkit.data._threads import one_thread
+from trainkit.data.class_dict import ClassDict, read_class_dict
+from trainkit.errors import DataError, MaskValueError
 
-__all__ = ["TARGETS", "ClassDict", "SegmentationDataset", "read_class_dict"]
+__all__ = ["SAMPLED_MASKS", "TARGETS", "ClassDict", "SegmentationDataset", "read_class_dict"]
 
-TARGETS: tuple[str, ...] = ("semantic", "binary", "instance")
-"""The target kinds :class:`SegmentationDataset` builds."""
+SAMPLED_MASKS = 8
+"""Masks read when a dataset is built (first, last and evenly between) to refuse 0/255 masks read as class ids."""
 
 _LOSSY_SUFFIXES = (".jpg", ".jpeg")  # mask files named as lossy; the rules follow the content (`lossy_format`)
 
@@ -64,9 +76,12 @@ class SegmentationDataset(Dataset[Sample]):
         threshold: ``target="binary"`` only: foreground is ``value > threshold``. By default any non-zero value
             is foreground, except in lossy (JPEG) mask files, whose compression noise puts values 1..254 near the
             edges of a 0/255 mask: there foreground is above mid-range (``> 127`` for 8-bit), with one warning.
-            Without a map, 0/255 masks give 0/1 (255 counts as foreground, not ignore).
+            Without a map, 0/255 masks give 0/1 (255 counts as foreground, not ignore). With the other targets a mask
+            set of only 0 and ``ignore_index`` is refused (see the module docstring), proposing ``target="binary"``.
         instance_labels: ``target="instance"`` only: ``{object_id: class}``; default: every object is class 1.
         channels: Image channels: 1 (gray), 3 (RGB) or 4 (RGBA); gray, palette and RGBA files are converted.
+        exif_orientation: Turn JPEG/PNG/WEBP images by their EXIF orientation tag, as viewers (and annotation
+            tools) show them; ``False`` reads the stored pixels, for masks made on those. Masks are read as stored.
         transforms: Joint transform ``(image, target) -> (image, target)``. Its random draws come from the global
             RNGs, which ``Trainer`` seeds per sample (``Trainer(seed=...)``), so they do not depend on the
             number of DataLoader workers.
@@ -78,6 +93,7 @@ class SegmentationDataset(Dataset[Sample]):
     Raises:
         PairingError: unpaired files (``strict=True``) or files sharing a stem.
         DataError: a folder does not exist or holds no images.
+        MaskValueError: the sampled masks hold only 0 and ``ignore_index`` with a target other than ``"binary"``.
         ValueError: an argument of the wrong form.
 
     Example:
@@ -102,6 +118,7 @@ class SegmentationDataset(Dataset[Sample]):
         threshold: float | None = None,
         instance_labels: Mapping[int, int] | None = None,
         channels: int = 3,
+        exif_orientation: bool = True,
         transforms: JointTransform | None = None,
         strict: bool = True,
         recursive: bool = False,
@@ -129,6 +146,7 @@ class SegmentationDataset(Dataset[Sample]):
         self.target = target
         self.threshold = threshold
         self.channels = channels
+        self.exif_orientation = exif_orientation
         self.transforms = transforms
         self.encoding = MaskEncoding(
             color_map=color_map, value_map=value_map, ignore_index=ignore_index, num_classes=num_classes
@@ -143,6 +161,7 @@ class SegmentationDataset(Dataset[Sample]):
         lossy = sum(mask.suffix.lower() in _LOSSY_SUFFIXES for _, mask in self.samples)
         if lossy:
             self._warn_lossy(f"{lossy} of {len(self.samples)} masks are JPEG files", stacklevel=2)
+        self._refuse_hidden_foreground()
 
     def __len__(self) -> int:
         """Number of image/mask pairs.
@@ -166,7 +185,7 @@ class SegmentationDataset(Dataset[Sample]):
         """
         image_path, mask_path = self.samples[index]  # IndexError when out of range, as for a list
         index = operator.index(index) % len(self.samples)  # ds[-1] gets the image_id of the last sample
-        with _one_thread():
+        with one_thread():
             return self._load(index, image_path, mask_path)
 
     def _warn_lossy(self, which: str, stacklevel: int) -> None:
@@ -188,14 +207,55 @@ class SegmentationDataset(Dataset[Sample]):
             stacklevel=stacklevel + 1,
         )
 
+    def _refuse_hidden_foreground(self) -> None:
+        """Raise when the sampled masks hold only 0 and ``ignore_index``: the foreground would all be ignored."""
+        ignore = self.encoding.ignore_index
+        if self.target == "binary" or self.encoding.mapped or ignore is None:
+            return
+        last = len(self.samples) - 1
+        picks = sorted({round(k * last / (SAMPLED_MASKS - 1)) for k in range(SAMPLED_MASKS)})
+        example = None
+        for k in picks:
+            mask_path = self.samples[k][1]
+            try:
+                with warnings.catch_warnings():  # a caller's `pytest.warns` or "always" filter would show it
+                    warnings.filterwarnings("ignore", message=TORCHVISION_DEPRECATION, category=DeprecationWarning)
+                    raw = read_mask(mask_path)
+            except DataError:  # raised again, with its fix, when the sample is loaded
+                continue
+            ignored = raw == ignore
+            if raw.ndim != 2 or not (ignored | (raw == 0)).all():
+                return
+            if example is None and ignored.any():
+                example = mask_path
+        if example is None:
+            return
+        if self.target == "semantic":
+            fix = f"for binary masks (0 background, {ignore} foreground) pass `target='binary'` ({ignore} becomes 1)"
+        else:
+            fix = f"for binary masks pass `target='binary'`; for one object an image (id {ignore}), `ignore_index=None`"
+        raise MaskValueError(
+            f"the masks hold only the values 0 and {ignore} (e.g. {example}; {len(picks)} masks sampled), and {ignore} "
+            f"is `ignore_index`: with `target={self.target!r}` every foreground pixel would be ignored and the model "
+            f"would learn background only (mIoU 0). {fix[0].upper()}{fix[1:]}; or map the values yourself with "
+            f"`value_map={{0: 0, {ignore}: 1}}`"
+        )
+
     def _load(self, index: int, image_path: Path, mask_path: Path) -> Sample:
-        image = read_image(image_path, self.channels)
+        image_data = read_bytes(image_path)
+        image = read_image(image_path, self.channels, data=image_data, exif_orientation=self.exif_orientation)
         mask_data = read_bytes(mask_path)
         raw = read_mask(mask_path, rgb=self.encoding.color_map is not None, data=mask_data)
         if tuple(image.shape[-2:]) != raw.shape[:2]:
             raise DataError(
-                f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but its mask {mask_path} is "
-                f"{raw.shape[1]}x{raw.shape[0]}; resize the mask to the image (nearest neighbour) or fix the pairing"
+                size_mismatch(
+                    image_path,
+                    (image.shape[-2], image.shape[-1]),
+                    f"its mask {mask_path}",
+                    (raw.shape[0], raw.shape[1]),
+                    image_data=image_data,
+                    exif_orientation=self.exif_orientation,
+                )
             )
         lossy = lossy_format(mask_data)
         if lossy:
@@ -208,15 +268,9 @@ class SegmentationDataset(Dataset[Sample]):
 
     def _build_target(self, raw: np.ndarray, mask_path: Path, index: int, lossy: str | None) -> Any:
         encoding = self.encoding
-        if self.target == "binary" and not encoding.mapped:
-            values = raw.max(axis=2) if raw.ndim == 3 else raw  # colour masks: any non-zero channel
-            threshold = self.threshold
-            if threshold is None and lossy:  # noise near edges: a 0/255 JPEG holds 1..254 there (8-bit, uint8)
-                threshold = np.iinfo(values.dtype).max // 2
-            return binary_target(values, threshold=threshold, ignore_index=None)
-        ids = encoding.class_ids(raw, mask_path, lossy=lossy)
         if self.target == "binary":
-            return binary_target(ids, threshold=self.threshold, ignore_index=encoding.ignore_index)
+            return binary_from_raw(raw, encoding, mask_path, threshold=self.threshold, lossy=lossy)
+        ids = encoding.class_ids(raw, mask_path, lossy=lossy)
         if self.target == "instance":
             return instance_target(
                 ids, index, mask_path, ignore_index=encoding.ignore_index, labels=self._labels, lossy=lossy
@@ -229,88 +283,3 @@ class SegmentationDataset(Dataset[Sample]):
             f"{type(self).__name__}({len(self)} samples, images={str(self.images)!r}, masks={str(self.masks)!r}, "
             f"target={self.target!r})"
         )
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run one sample's work with one intra-op thread.
-
-    The tensors of a single image are too small for PyTorch's thread pool: in the main process
-    (``num_workers=0``) on 2 busy cores, ``train_preset`` at 64 px took 19.5 ms a sample with 2
-    threads and 2.2 ms with 1. DataLoader workers already run with one thread each.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class ClassDict(NamedTuple):
-    """What :func:`read_class_dict` returns: the ``color_map`` and the class names in id order.
-
-    Example:
-        >>> color_map, names = ClassDict({(0, 0, 0): 0}, ["Void"])
-    """
-
-    color_map: dict[tuple[int, int, int], int]
-    names: list[str]
-
-
-def read_class_dict(
-    path: str | os.PathLike[str], *, ignore: str | tuple[str, ...] = (), ignore_index: int = 255
-) -> ClassDict:
-    """Read a CamVid-style ``class_dict.csv`` (header ``name,r,g,b``) into a ``color_map`` and names.
-
-    Class ids follow the row order; classes named in ``ignore`` map to ``ignore_index`` and take no id.
-
-    Args:
-        path: The CSV file.
-        ignore: Class name(s) to map to ``ignore_index`` (e.g. ``"Void"``).
-        ignore_index: The id given to ignored colours.
-
-    Raises:
-        DataError: a missing file, a header without ``name,r,g,b``, bad numbers or a repeated colour.
-
-    Example:
-        >>> color_map, names = read_class_dict("CamVid/class_dict.csv")  # doctest: +SKIP
-        >>> ds = SegmentationDataset("CamVid/train", "CamVid/train_labels", mask_suffix="_L",
-        ...                          color_map=color_map, num_classes=len(names))  # doctest: +SKIP
-    """
-    path = Path(path)
-    ignored = {ignore} if isinstance(ignore, str) else set(ignore)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as err:
-        raise DataError(f"cannot read class dict {path}: {err}") from err
-    header = [cell.strip().lower() for cell in rows[0]] if rows else []
-    if not {"name", "r", "g", "b"} <= set(header):
-        raise DataError(f"{path}: the header must name columns name,r,g,b (any order), got {rows[0] if rows else []}")
-    col = {name: header.index(name) for name in ("name", "r", "g", "b")}
-    color_map: dict[tuple[int, int, int], int] = {}
-    names: list[str] = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        try:
-            name = row[col["name"]].strip()
-            colour = (int(row[col["r"]]), int(row[col["g"]]), int(row[col["b"]]))
-        except (IndexError, ValueError) as err:
-            raise DataError(f"{path}, line {line}: expected name,r,g,b with integer colours, got {row}") from err
-        if not all(0 <= c <= 255 for c in colour) or colour in color_map:
-            problem = "repeats an earlier colour" if colour in color_map else "has a colour outside 0..255"
-            raise DataError(f"{path}, line {line}: {name!r} {problem} {colour}")
-        if name in ignored:
-            color_map[colour] = ignore_index
-        else:
-            color_map[colour] = len(names)
-            names.append(name)
-    unknown = ignored - set(row[col["name"]].strip() for row in rows[1:] if len(row) > col["name"])
-    if unknown:
-        raise DataError(f"{path}: `ignore` names {sorted(unknown)} are not classes in the file")
-    return ClassDict(color_map, names)
