@@ -5,6 +5,13 @@ Example:
     >>> stop = trainkit.callbacks.EarlyStopping("val/miou", mode="max", patience=5)
 """
 
-from trainkit.engine.callbacks import EMA, Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from trainkit.engine.callbacks import (
+    EMA,
+    Callback,
+    EarlyStopping,
+    FreezeEncoder,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 
-__all__ = ["EMA", "Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint"]
+__all__ = ["EMA", "Callback", "EarlyStopping", "FreezeEncoder", "LearningRateMonitor", "ModelCheckpoint"]
