@@ -351,12 +351,12 @@ def test_evaluate_joins_the_reduction_on_a_rank_with_an_empty_shard() -> None:
     calls = []
 
     def other_rank_sums(total: torch.Tensor) -> torch.Tensor:  # the other rank saw 2 samples with loss sum 3
-        calls.append(total.clone())
-        return total + torch.tensor([3.0, 2.0, 1.0, 0.0], dtype=total.dtype)
+        calls.append(total.clone())  # [loss sum, samples, has loss, metrics fed, non-finite batches]
+        return total + torch.tensor([3.0, 2.0, 1.0, 0.0, 0.0], dtype=total.dtype)
 
     model = nn.Linear(2, 2)
     assert evaluate(model, [], nn.CrossEntropyLoss(), reduce=other_rank_sums) == {"loss": 1.5}
-    assert len(calls) == 1 and calls[0].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert len(calls) == 1 and calls[0].tolist() == [0.0, 0.0, 0.0, 0.0, 0.0]
     assert evaluate(model, [], nn.CrossEntropyLoss(), reduce=lambda t: t) == {}
 
 

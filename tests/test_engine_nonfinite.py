@@ -109,21 +109,6 @@ def test_count_nonfinite_keeps_the_first_bad_batch() -> None:
 # ----------------------------------------------------------------------------- other errors of the step
 
 
-def test_a_model_returning_a_dict_to_the_default_step_is_explained() -> None:
-    class DictModel(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = nn.Linear(4, 2)
-
-        def forward(self, x):
-            return {"out": self.head(x), "aux": self.head(x)}
-
-    trainer = _trainer(DictModel())
-    with pytest.raises(trainkit.errors.TrainingError, match=r"the model returned a dict with keys \['out', 'aux'\], "
-                       r"but `CrossEntropyLoss` takes a tensor.*training_step=.*Original error:"):  # fmt: skip
-        trainer.fit([(X[:8], Y[:8])], epochs=1)
-
-
 def test_a_batch_of_one_reaching_batchnorm_is_explained() -> None:
     trainer = _trainer(_model())
     with pytest.raises(trainkit.errors.TrainingError, match=r"training step 1 \(batch 1\) failed: a batch of 1 sample "

@@ -27,8 +27,17 @@ from trainkit.engine.batches import BatchFixer, device_batches, split_batch
 from trainkit.engine.loop_state import LoopState, _running_values, loss_totals, mean_of, raise_if_nonfinite
 from trainkit.engine.precision import NO_CONTEXT, MixedPrecision
 from trainkit.engine.progress import Progress
-from trainkit.engine.step import StepFn, StepOutput, TrainStep, as_step_output, default_step, explain_errors
+from trainkit.engine.step import (
+    StepFn,
+    StepOutput,
+    TrainStep,
+    as_step_output,
+    default_step,
+    explain_errors,
+    output_key,
+)
 from trainkit.utils.device import move_to_device, resolve_device
+from trainkit.utils.outputs import main_output
 
 __all__ = ["LoopState", "evaluate", "predict", "train_one_epoch"]
 
@@ -112,6 +121,7 @@ def train_one_epoch(
         for metric in metrics.values():
             metric.reset()
     fixer = BatchFixer(model, loss_fn) if step_fn is None else None
+    key = output_key(loss_fn)
     total = num_batches if num_batches is not None else _len_or_none(loader)
     step = TrainStep(
         model, optimizer, step_fn or default_step(model, loss_fn),
@@ -129,7 +139,7 @@ def train_one_epoch(
             out, loss = step(batch, n, state)
             if loss is not None:
                 state.add_loss(loss, n)
-                state.metrics_updated |= _update_metrics(metrics, out, own_metrics)
+                state.metrics_updated |= _update_metrics(metrics, out, own_metrics, key)
             state.batch_idx += 1
             if on_batch_end is not None:
                 on_batch_end(state, out)
@@ -199,6 +209,7 @@ def evaluate(
     own_metrics = _all_trainkit(metrics)
     step = step_fn or default_step(model, loss_fn, need_loss=False)
     fixer = BatchFixer(model, loss_fn) if step_fn is None else None
+    key = output_key(loss_fn)
     state = LoopState()
     was_training = _is_training(model)
     model.eval()
@@ -212,20 +223,22 @@ def evaluate(
                 if out.loss is not None:
                     state.add_loss(out.loss, n)
                     state.count_nonfinite(out.loss, i)
-                state.metrics_updated |= _update_metrics(metrics, out, own_metrics)
+                state.metrics_updated |= _update_metrics(metrics, out, own_metrics, key)
                 bar.advance(lambda: {"loss": state.mean_loss()})
     finally:
         bar.end_batches()
         model.train(was_training)
-    _warn_nonfinite(state, reduce, device)
     results: dict[str, float] = {}
     has_loss, fed = state.loss_sum is not None, state.metrics_updated
+    bad: Any = state.nonfinite_count if state.nonfinite_count is not None else 0
     if has_loss or reduce is not None:
-        total = loss_totals(state, device, reduce, has_loss, fed)
+        total = loss_totals(state, device, reduce, has_loss, fed, bad)  # one collective for all of them
         if reduce is not None:
             has_loss, fed = float(total[2]) > 0, float(total[3]) > 0
+        bad = total[4]
         if has_loss:
             results["loss"] = mean_of(total)
+    _warn_nonfinite(int(bad), state.nonfinite_at)
     if fed or (reduce is None and _distributed()):  # every rank joins the metrics' all-reduce, fed or not
         results.update(compute_metrics(metrics))
     return results
@@ -239,12 +252,14 @@ def predict(
     precision: MixedPrecision | None = None,
     batch_transform: Callable[[Any], Any] | None = None,
     step_fn: StepFn | None = None,
+    main: str | None = None,
 ) -> list[Any]:
     """Run ``model`` over ``loader`` in eval mode and return the batched outputs, moved to the CPU.
 
     A batch may be the inputs alone, ``(inputs, targets)`` or a dict with an image/input key. ``device``
     (default: the model's device) is checked by :func:`~trainkit.utils.resolve_device`; the model's
-    previous train/eval mode is restored afterwards.
+    previous train/eval mode is restored afterwards. A model that returns a dict or a tuple of tensors
+    gives its main output (:mod:`trainkit.utils.outputs`; ``main`` names a dict's entry).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -262,26 +277,21 @@ def predict(
             for i, (n, batch) in enumerate(device_batches(loader, device, transform=batch_transform)):
                 with explain_errors(batch_size=n, where=f"prediction (batch {i})"), precision.autocast():
                     out = step_fn(batch) if step_fn is not None else model(_inputs_of(batch))
+                if type(out) is not torch.Tensor and _has_main_output(out):
+                    out = main_output(out, main)
                 outputs.append(move_to_device(out, torch.device("cpu"), non_blocking=False))
     finally:
         model.train(was_training)
     return outputs
 
 
-def _warn_nonfinite(
-    state: LoopState, reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: torch.device
-) -> None:
-    """Warn (never raise) when evaluation losses were NaN/inf: how many batches, and the first one."""
-    if state.nonfinite_count is None and reduce is None:
+def _warn_nonfinite(count: int, first: torch.Tensor | None) -> None:
+    """Warn (never raise) when ``count`` evaluation losses were NaN/inf, naming the first bad batch of this rank."""
+    if count == 0:
         return
-    count = state.nonfinite_count if state.nonfinite_count is not None else torch.zeros((), device=device)
-    count = reduce(count.to(device, torch.float64)) if reduce is not None else count  # every rank joins
-    if int(count) == 0:
-        return
-    first = int(state.nonfinite_at) if state.nonfinite_at is not None else -1
-    where = f"the first at batch {first}" if first >= 0 else "on another rank"
+    where = f"the first at batch {int(first)}" if first is not None and int(first) < 2**62 else "on another rank"
     warnings.warn(
-        f"evaluation: {int(count)} batch(es) had a NaN or infinite loss ({where}), so the mean loss is not finite "
+        f"evaluation: {count} batch(es) had a NaN or infinite loss ({where}), so the mean loss is not finite "
         "and is never chosen as the best; check the model for NaN weights (a learning rate too high) and the "
         "validation data for NaN values",
         UserWarning,
@@ -306,15 +316,17 @@ def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return results
 
 
-def _update_metrics(metrics: Mapping[str, Any], out: StepOutput, own: bool) -> bool:
-    """Feed the step's outputs and targets to the metrics; ``False`` when the step gave none.
+def _update_metrics(metrics: Mapping[str, Any], out: StepOutput, own: bool, key: str | None = None) -> bool:
+    """Feed the step's outputs (their main output, by the output rule) and targets to the metrics.
 
-    ``own``: every metric is one of trainkit's, which hold no parameters, so on detached tensors they
-    record nothing and the update needs no ``torch.no_grad()``.
+    ``False`` when the step gave none. ``own``: every metric is one of trainkit's, which hold no
+    parameters, so on detached tensors they record nothing and the update needs no ``torch.no_grad()``.
     """
     if not metrics or out.outputs is None or out.targets is None:
         return False
     outputs, targets = out.outputs, out.targets
+    if type(outputs) is not torch.Tensor and _has_main_output(outputs):
+        outputs = main_output(outputs, key)
     grad_mode: contextlib.AbstractContextManager[Any] = torch.no_grad()
     if own and type(outputs) is torch.Tensor and type(targets) is torch.Tensor:
         grad_mode = NO_CONTEXT
@@ -325,6 +337,13 @@ def _update_metrics(metrics: Mapping[str, Any], out: StepOutput, own: bool) -> b
         for metric in metrics.values():
             metric.update(outputs, targets)
     return True
+
+
+def _has_main_output(outputs: Any) -> bool:
+    """Whether the output rule applies: a dict, or a tuple/list of tensors (not a detection model's list of dicts)."""
+    if isinstance(outputs, Mapping):
+        return True
+    return isinstance(outputs, (tuple, list)) and bool(outputs) and isinstance(outputs[0], torch.Tensor)
 
 
 def _all_trainkit(metrics: Mapping[str, Any]) -> bool:

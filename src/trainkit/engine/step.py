@@ -21,8 +21,18 @@ from trainkit.engine.batches import split_batch
 from trainkit.engine.loop_state import LoopState, _finite_on_all_ranks, _finite_or_record, check_learning_rates
 from trainkit.engine.precision import NO_CONTEXT, MixedPrecision
 from trainkit.errors import TrainingError
+from trainkit.utils.outputs import main_output
 
-__all__ = ["StepOutput", "TrainStep", "as_step_output", "default_step", "explain_errors", "explained", "first_line"]
+__all__ = [
+    "StepOutput",
+    "TrainStep",
+    "as_step_output",
+    "default_step",
+    "explain_errors",
+    "explained",
+    "first_line",
+    "output_key",
+]
 
 StepFn = Callable[[Any], Any]
 
@@ -53,23 +63,35 @@ def as_step_output(result: Any) -> StepOutput:
 
 
 def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, *, need_loss: bool = True) -> StepFn:
-    """The step ``loss_fn(model(inputs), targets)`` for ``(inputs, targets)`` batches.
+    """The step ``loss_fn(model(inputs), targets)`` for ``(inputs, targets)`` batches, under the output rule.
+
+    A model that returns a dict or a sequence (torchvision's ``{"out", "aux"}``, deep supervision) is read
+    by the rule of :mod:`trainkit.utils.outputs`: the loss is :class:`~trainkit.losses.AuxLoss`'s (the main
+    output's loss plus 0.5 times each auxiliary output's, unless ``loss_fn`` is an ``AuxLoss`` saying
+    otherwise), and the metrics get the main output.
 
     Example:
         >>> step = default_step(torch.nn.Identity(), torch.nn.functional.mse_loss)
         >>> float(step((torch.ones(2), torch.zeros(2)))["loss"])
         1.0
+        >>> step = default_step(lambda x: {"out": x, "aux": x}, torch.nn.functional.mse_loss)
+        >>> out = step((torch.ones(2), torch.zeros(2)))
+        >>> float(out["loss"]), out["outputs"].tolist()  # 1.0 + 0.5 * 1.0; the main output for the metrics
+        (1.5, [1.0, 1.0])
     """
+    from trainkit.losses.aux import AuxLoss
+
+    rule = loss_fn if isinstance(loss_fn, AuxLoss) or loss_fn is None else AuxLoss(loss_fn)
+    key = output_key(loss_fn)
 
     def step(batch: Any) -> dict[str, Any]:
         inputs, targets = batch if type(batch) in (tuple, list) and len(batch) == 2 else split_batch(batch)
         outputs = model(inputs)
-        try:
+        if type(outputs) is torch.Tensor:  # the usual case, read as the rule reads a tensor
             loss = loss_fn(outputs, targets) if loss_fn is not None else None
-        except TypeError as err:
-            if isinstance(outputs, torch.Tensor):
-                raise
-            raise TrainingError(_structured_output_message(outputs, loss_fn, err)) from err
+        else:
+            loss = rule(outputs, targets) if rule is not None else None
+            outputs = main_output(outputs, key)
         if loss is None and need_loss:
             raise ValueError("the default training step needs `loss_fn`")
         return {"loss": loss, "outputs": outputs, "targets": targets}
@@ -77,20 +99,16 @@ def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, 
     return step
 
 
-def _structured_output_message(outputs: Any, loss_fn: Any, err: TypeError) -> str:
-    if isinstance(outputs, Mapping):
-        kind = f"a {type(outputs).__name__} with keys {list(outputs)}"
-        pick = f'outputs["{next(iter(outputs), "out")}"]'
-    else:
-        kind = f"a {type(outputs).__name__} of {len(outputs)}" if isinstance(outputs, (tuple, list)) else "no tensor"
-        pick = "outputs[0]"
-    return (
-        f"the model returned {kind}, but `{type(loss_fn).__name__}` takes a tensor of logits (torchvision's "
-        "segmentation models return {'out': ..., 'aux': ...}). Pick the output the loss needs in a step of your own: "
-        f"`training_step=lambda batch: loss_fn({pick.replace('outputs', 'model(batch[0])')}, batch[1])` (and "
-        "`validation_step=` returning {'loss', 'outputs', 'targets'} for metrics), or wrap the model so it returns "
-        f"the tensor. Original error: {first_line(err)}"
-    )
+def output_key(loss_fn: Any) -> str | None:
+    """The main output's name given by an :class:`~trainkit.losses.AuxLoss` (``main=``), else ``None``.
+
+    Example:
+        >>> from trainkit.losses import AuxLoss
+        >>> output_key(AuxLoss(torch.nn.CrossEntropyLoss(), main="seg")), output_key(torch.nn.CrossEntropyLoss())
+        ('seg', None)
+    """
+    key = getattr(loss_fn, "main", None)
+    return key if isinstance(key, str) else None
 
 
 class TrainStep:

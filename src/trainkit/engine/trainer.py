@@ -46,7 +46,7 @@ from trainkit.engine.resume import check_savable, checkpoint_state, epoch_sums, 
 from trainkit.engine.run_dir import RunDir
 from trainkit.engine.seeding import Seeding
 from trainkit.engine.state import RunState
-from trainkit.engine.step import StepFn, default_step
+from trainkit.engine.step import StepFn, default_step, output_key
 from trainkit.errors import NonFiniteLossError
 from trainkit.utils.device import resolve_device
 
@@ -447,7 +447,12 @@ class Trainer:
             torch.Size([4, 3])
         """
         return predict(
-            self.module, loader, device=self.device, precision=self.precision, batch_transform=self.batch_transform
+            self.module,
+            loader,
+            device=self.device,
+            precision=self.precision,
+            batch_transform=self.batch_transform,
+            main=output_key(self.loss_fn),
         )
 
     def lr_find(

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainkit.utils.outputs import main_output
+
 __all__ = ["Metric"]
 
 # How each kind of state combines across ranks, checkpoints and `merge_`, and its value before any update.
@@ -115,7 +117,8 @@ class Metric(abc.ABC):
         module docstring), and ids outside ``[0, C)`` are reported by ``compute()``.
 
         Args:
-            preds: Logits ``[N, C, ...]`` or labels shaped like ``target`` (see the module docstring).
+            preds: Logits ``[N, C, ...]`` or labels shaped like ``target`` (see the module docstring); a
+                model's dict or tuple output gives its main output (:mod:`trainkit.utils.outputs`).
             target: Integer class ids ``[N, ...]``.
 
         Raises:
@@ -129,6 +132,8 @@ class Metric(abc.ABC):
             >>> metric.state_dict()["confmat"].sum().item()
             128
         """
+        if isinstance(preds, Mapping) or (isinstance(preds, (tuple, list)) and preds and torch.is_tensor(preds[0])):
+            preds = main_output(preds)  # a model's dict/tuple output: its main output, by the output rule
         if not isinstance(preds, torch.Tensor) or not isinstance(target, torch.Tensor):
             raise TypeError(
                 f"`{type(self).__name__}.update(preds, target)` takes two tensors; "
