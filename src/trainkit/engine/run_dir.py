@@ -1,6 +1,6 @@
 """``RunDir``: the run directory: one writer at a time, never a silent replacement, and its log files.
 
-* **One writer.** ``fit`` holds an OS file lock on ``<run_dir>/.trainkit.lock`` (``fcntl.flock``, which
+* **One writer.** ``fit`` holds an OS file lock on ``<run_dir>/.trainkit.lock`` (``fcntl.lockf``, which
   the kernel releases when the process dies, even by SIGKILL); a second run into the same folder is
   refused with the holder's PID.
 * **Nothing replaced without a word.** A fresh run (no ``resume``) into a folder that holds a run
@@ -168,7 +168,7 @@ class RunDir:
             self._tb.close()
             self._tb = None
         if self._lock is not None:
-            self._lock.close()  # closing the file releases the flock
+            _unlock(self._lock)
             self._lock = None
 
     def plot(self, history: list[dict[str, float]]) -> None:
@@ -199,25 +199,48 @@ def _writable(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
+_HELD: set[Path] = set()  # run directories this process holds: POSIX locks do not refuse their own process
+
+
 def _lock(path: Path) -> IO[str]:
-    """Hold an exclusive ``flock`` on ``path`` (with this process's PID in it) until the file is closed."""
+    """Hold an exclusive lock on ``path`` (with this process's PID in it) until :func:`_unlock`.
+
+    A POSIX record lock (``fcntl.lockf``) rather than ``flock``: it belongs to this process only, so the
+    DataLoader workers it forks do not inherit it and a run killed by SIGKILL frees its folder at once
+    (with ``flock`` its orphaned workers would hold the lock until they notice). Such a lock does not
+    refuse its own process, hence the set of held folders; and closing any handle on the file releases
+    it, hence the check before the file is opened.
+    """
+    key = path.resolve()
+    if key in _HELD:
+        raise _busy(path, f"PID {os.getpid()} on {socket.gethostname()} (this process)")
     try:
         import fcntl
-    except ImportError:  # not POSIX: no advisory locks here; runs are not guarded against a second writer
+    except ImportError:  # not POSIX: no advisory locks; runs are not guarded against a second writer
         return open(os.devnull, "w")
     handle = open(path, "a+")  # noqa: SIM115  (held open for the whole run)
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise RunDirBusy(
-            f"`run_dir={str(path.parent)!r}` is in use by {holder}: two runs writing into one folder would "
-            "overwrite each other's checkpoints. Wait for it to finish, stop it, or choose another `run_dir`"
-        ) from None
+        raise _busy(path, holder) from None
+    _HELD.add(key)
     handle.seek(0)
     handle.truncate()
     handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
     return handle
+
+
+def _unlock(handle: IO[str]) -> None:
+    _HELD.discard(Path(handle.name).resolve())
+    handle.close()  # closing the file releases the lock
+
+
+def _busy(path: Path, holder: str) -> RunDirBusy:
+    return RunDirBusy(
+        f"`run_dir={str(path.parent)!r}` is in use by {holder}: two runs writing into one folder would "
+        "overwrite each other's checkpoints. Wait for it to finish, stop it, or choose another `run_dir`"
+    )
