@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/trainkit demo
+	$(BIN)/trainkit demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check .

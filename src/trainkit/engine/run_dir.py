@@ -103,7 +103,7 @@ class RunDir:
         found = ", ".join(name for name in names if (self.path / name).exists()) or "checkpoints"
         return (
             f"`run_dir={str(self.path)!r}` already holds a run ({found}) and this `fit` starts afresh, which would "
-            "replace it. Continue that run with `fit(..., resume='last')`, replace it with "
+            "replace it. Continue that run with `fit(..., resume='last')` (`--resume last`), replace it with "
             f"`run_dir=trainkit.RunDir({str(self.path)!r}, overwrite=True)` (`--overwrite` on the command line), "
             "or choose another folder"
         )
