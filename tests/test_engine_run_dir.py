@@ -211,3 +211,31 @@ def test_a_resume_with_another_optimizer_class_names_both(tmp_path: Path) -> Non
     _checkpointing(tmp_path).fit(_data(), epochs=1)
     with pytest.raises(trainkit.errors.CheckpointError, match=r"written with a SGD optimizer and this run has a Adam"):
         _checkpointing(tmp_path, optimizer=torch.optim.Adam).fit(_data(), epochs=2, resume="last")
+
+
+def test_extending_a_finished_run_follows_the_rebuilt_schedule_from_its_first_step(tmp_path: Path) -> None:
+    from trainkit.cli.recipe import warmup_cosine
+
+    def run(epochs: int, resume: str | None) -> tuple[list[float], list[dict[str, float]]]:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * 4))  # 4 steps an epoch
+        used: list[float] = []
+
+        def step(batch):
+            used.append(opt.param_groups[0]["lr"])  # the rate this step trains at
+            x, y = batch
+            return nn.functional.cross_entropy(model(x), y)
+
+        trainer = trainkit.Trainer(
+            model, opt, scheduler=sched, scheduler_interval="step", training_step=step, device="cpu",
+            progress=False, run_dir=tmp_path, seed=0,
+        )  # fmt: skip
+        return used, trainer.fit(_data(), epochs=epochs, resume=resume)
+
+    run(3, None)
+    used, history = run(4, "last")
+    expected = [0.1 * warmup_cosine(16)(step) for step in range(12, 16)]
+    assert used == pytest.approx(expected, rel=1e-12)  # the new schedule from the first step of epoch 4
+    assert history[-1]["lr"] == pytest.approx(expected[0], rel=1e-12)  # and metrics.csv logs that rate

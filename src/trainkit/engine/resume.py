@@ -145,6 +145,7 @@ def restore_checkpoint(trainer: Trainer, path: str | os.PathLike[str]) -> dict[s
             f"does not carry over to another kind. Resume with `torch.optim.{saved_class}`, or start a new run from "
             "the weights alone (`trainkit.load_checkpoint(path, model)`, then `fit` without `resume`)"
         )
+    _apply_rebuilt_schedule(trainer.scheduler, trainer.optimizer)
     if _initial_rates(trainer.optimizer) != given_rates:
         warnings.warn(
             f"resuming from {path}: the optimizer's state comes from the checkpoint, learning rate included "
@@ -175,6 +176,27 @@ def restore_checkpoint(trainer: Trainer, path: str | os.PathLike[str]) -> dict[s
     if ckpt.get("rng") is not None:
         set_rng_state(ckpt["rng"])
     return ckpt
+
+
+def _apply_rebuilt_schedule(scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Give the optimizer the learning rate the restored ``LambdaLR`` sets at its step, from its own function.
+
+    A run extended with more epochs rebuilds its schedule for the new length (a ``LambdaLR`` keeps no
+    plain function in its state), but the optimizer comes back with the rate the old schedule had set, so
+    the first step of the new epoch would train at that stale rate. ``LambdaLR`` computes each rate from
+    scratch (``base_lr * f(step)``), so for an unchanged schedule this is the very rate saved: resume stays
+    bitwise exact. Chainable schedulers compute each rate from the last and are left as loaded.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    step = scheduler.last_epoch
+    rates = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(optimizer.param_groups, rates, strict=True):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    scheduler._last_lr = list(rates)  # what get_last_lr() reports
 
 
 def _initial_rates(optimizer: torch.optim.Optimizer) -> list[Any]:
