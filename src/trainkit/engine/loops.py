@@ -317,16 +317,17 @@ def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _update_metrics(metrics: Mapping[str, Any], out: StepOutput, own: bool, key: str | None = None) -> bool:
-    """Feed the step's outputs (their main output, by the output rule) and targets to the metrics.
+    """Feed the step's outputs and targets to the metrics; ``False`` when the step gave none.
 
-    ``False`` when the step gave none. ``own``: every metric is one of trainkit's, which hold no
-    parameters, so on detached tensors they record nothing and the update needs no ``torch.no_grad()``.
+    ``own``: every metric is one of trainkit's, which hold no parameters, so on detached tensors they
+    record nothing and the update needs no ``torch.no_grad()``, and read a model's dict or tuple output
+    by the output rule (its main output, ``key`` naming it); other metrics get the outputs as they are.
     """
     if not metrics or out.outputs is None or out.targets is None:
         return False
     outputs, targets = out.outputs, out.targets
-    if type(outputs) is not torch.Tensor and _has_main_output(outputs):
-        outputs = main_output(outputs, key)
+    if own and type(outputs) is not torch.Tensor and _has_main_output(outputs):
+        outputs = main_output(outputs, key)  # trainkit's metrics read a model's dict/tuple output by the rule
     grad_mode: contextlib.AbstractContextManager[Any] = torch.no_grad()
     if own and type(outputs) is torch.Tensor and type(targets) is torch.Tensor:
         grad_mode = NO_CONTEXT

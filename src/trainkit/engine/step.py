@@ -21,7 +21,6 @@ from trainkit.engine.batches import split_batch
 from trainkit.engine.loop_state import LoopState, _finite_on_all_ranks, _finite_or_record, check_learning_rates
 from trainkit.engine.precision import NO_CONTEXT, MixedPrecision
 from trainkit.errors import TrainingError
-from trainkit.utils.outputs import main_output
 
 __all__ = [
     "StepOutput",
@@ -66,23 +65,23 @@ def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, 
     """The step ``loss_fn(model(inputs), targets)`` for ``(inputs, targets)`` batches, under the output rule.
 
     A model that returns a dict or a sequence (torchvision's ``{"out", "aux"}``, deep supervision) is read
-    by the rule of :mod:`trainkit.utils.outputs`: the loss is :class:`~trainkit.losses.AuxLoss`'s (the main
-    output's loss plus 0.5 times each auxiliary output's, unless ``loss_fn`` is an ``AuxLoss`` saying
-    otherwise), and the metrics get the main output.
+    by the rule of :mod:`trainkit.utils.outputs` when ``loss_fn`` takes tensors (PyTorch's and trainkit's
+    losses): the loss is :class:`~trainkit.losses.AuxLoss`'s, the main output's loss plus 0.5 times each
+    auxiliary output's (unless ``loss_fn`` is an ``AuxLoss`` saying otherwise). A loss function of your
+    own receives the outputs as the model returns them. The metrics get the outputs as they are too
+    (trainkit's apply the rule themselves).
 
     Example:
         >>> step = default_step(torch.nn.Identity(), torch.nn.functional.mse_loss)
         >>> float(step((torch.ones(2), torch.zeros(2)))["loss"])
         1.0
         >>> step = default_step(lambda x: {"out": x, "aux": x}, torch.nn.functional.mse_loss)
-        >>> out = step((torch.ones(2), torch.zeros(2)))
-        >>> float(out["loss"]), out["outputs"].tolist()  # 1.0 + 0.5 * 1.0; the main output for the metrics
-        (1.5, [1.0, 1.0])
+        >>> float(step((torch.ones(2), torch.zeros(2)))["loss"])  # 1.0 + 0.5 * 1.0
+        1.5
     """
     from trainkit.losses.aux import AuxLoss
 
-    rule = loss_fn if isinstance(loss_fn, AuxLoss) or loss_fn is None else AuxLoss(loss_fn)
-    key = output_key(loss_fn)
+    rule = loss_fn if isinstance(loss_fn, AuxLoss) or not _takes_tensors(loss_fn) else AuxLoss(loss_fn)
 
     def step(batch: Any) -> dict[str, Any]:
         inputs, targets = batch if type(batch) in (tuple, list) and len(batch) == 2 else split_batch(batch)
@@ -91,12 +90,17 @@ def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, 
             loss = loss_fn(outputs, targets) if loss_fn is not None else None
         else:
             loss = rule(outputs, targets) if rule is not None else None
-            outputs = main_output(outputs, key)
         if loss is None and need_loss:
             raise ValueError("the default training step needs `loss_fn`")
         return {"loss": loss, "outputs": outputs, "targets": targets}
 
     return step
+
+
+def _takes_tensors(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` is one of PyTorch's or trainkit's losses, which take a tensor of logits."""
+    module = getattr(type(loss_fn) if isinstance(loss_fn, nn.Module) else loss_fn, "__module__", None) or ""
+    return module.startswith(("torch.nn", "trainkit.losses"))
 
 
 def output_key(loss_fn: Any) -> str | None:
