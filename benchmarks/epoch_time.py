@@ -7,7 +7,8 @@ notes write: ``zero_grad`` / forward / loss / ``backward`` / ``step``, images no
 the loss summed and a ``bincount`` confusion matrix kept on the device and read at the end. The Trainer
 runs with its defaults for a user's script (sample seeding in the main process is off by default with
 ``num_workers=0``, no run directory, no progress bar). The two alternate, each from the same initial
-weights, and the medians are compared (ratio: Trainer / hand loop; lower is better).
+weights, and the medians are compared (ratio: Trainer / hand loop; lower is better). Times are CPU time
+of this process (``num_workers=0``: all the work is here), which a busy shared machine hardly changes.
 
 Usage:
     python benchmarks/epoch_time.py --reps 5
@@ -61,9 +62,9 @@ def trainer_epoch(model: torch.nn.Module, data: DataLoader) -> float:
         progress=False,
         seed=0,
     )
-    start = time.perf_counter()
+    start = time.process_time()
     trainer.fit(data, epochs=1)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def hand_epoch(model: torch.nn.Module, data: DataLoader) -> float:
@@ -72,7 +73,7 @@ def hand_epoch(model: torch.nn.Module, data: DataLoader) -> float:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     torch.manual_seed(0)
-    start = time.perf_counter()
+    start = time.process_time()
     model.train()
     loss_sum, samples = torch.zeros((), dtype=torch.float64), 0
     confusion = torch.zeros(NUM_CLASSES * NUM_CLASSES, dtype=torch.int64)
@@ -92,7 +93,7 @@ def hand_epoch(model: torch.nn.Module, data: DataLoader) -> float:
     matrix = confusion.view(NUM_CLASSES, NUM_CLASSES).double()
     iou = matrix.diag() / (matrix.sum(0) + matrix.sum(1) - matrix.diag())
     _ = float(loss_sum / samples), float(iou.nanmean())
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main() -> None:

@@ -9,20 +9,23 @@ written here is ``trainer.state``.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainkit.engine.interrupts import StopRequested, resume_hint
 from trainkit.engine.loop_state import LoopState, check_learning_rates, loss_totals, mean_of
 from trainkit.engine.loops import train_one_epoch
 from trainkit.engine.progress import Progress
 from trainkit.engine.step import StepOutput
+from trainkit.errors import NonFiniteLossError
 
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
 
-__all__ = ["reduce_train_loss", "run_epoch", "step_epoch_scheduler"]
+__all__ = ["last_good", "reduce_train_loss", "run_epoch", "step_epoch_scheduler", "train_epochs"]
 
 
 def run_epoch(trainer: Trainer, val_loader: Iterable[Any] | None, bar: Progress) -> dict[str, float]:
@@ -119,3 +122,74 @@ def _on_batch_end(trainer: Trainer, hooked: bool, state: LoopState, output: Step
         trainer.callbacks.dispatch("on_train_batch_end", trainer, state, output)
     if trainer.interrupt.requested and trainer.at_step_boundary(state):
         trainer.interrupt.check()
+
+
+def train_epochs(trainer: Trainer, epochs: int, val_loader: Iterable[Any] | None, bar: Progress) -> None:
+    """The epochs of ``fit`` up to ``epochs`` (or a stop): each epoch, its logs and callbacks; the error paths.
+
+    ``trainer.interrupt`` is installed by the caller and restored here, as the bar is closed. After
+    SIGINT/SIGTERM it writes ``last.pt`` and raises the exit error; a NaN/inf loss names the last good
+    checkpoint; any error reaches the callbacks' ``on_exception``.
+
+    Example:
+        >>> from trainkit.engine.trainer import Trainer
+        >>> from trainkit.engine.loaders import TrainLoader
+        >>> model = torch.nn.Linear(2, 2)
+        >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), torch.nn.CrossEntropyLoss(), device="cpu",
+        ...             progress=False)
+        >>> t.train_loader = TrainLoader([(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))], t.dist, seed=0)
+        >>> train_epochs(t, 2, None, Progress(enabled=False)); t.state.epoch  # doctest: +ELLIPSIS
+        epoch 1/2 ...
+        epoch 2/2 ...
+        2
+    """
+    try:
+        trainer.callbacks.dispatch("on_fit_start", trainer)
+        while trainer.state.epoch < epochs and not trainer.should_stop:
+            logs = run_epoch(trainer, val_loader, bar)
+            trainer.outputs.log_epoch(trainer.history)
+            bar.epoch_line(logs)
+            trainer.callbacks.dispatch("on_epoch_end", trainer, logs)
+            trainer.should_stop = trainer.dist.any_true(trainer.should_stop, trainer.device)
+            trainer.interrupt.check()
+    except StopRequested:
+        bar.close()
+        err = _stop_after_signal(trainer)
+        trainer.callbacks.dispatch("on_exception", trainer, err)
+        raise err from None
+    except NonFiniteLossError as err:
+        better = err if "not saving" in str(err) else NonFiniteLossError(f"{err}; {last_good(trainer)}")
+        trainer.callbacks.dispatch("on_exception", trainer, better)
+        raise better from (None if better is err else err)
+    except BaseException as err:
+        trainer.callbacks.dispatch("on_exception", trainer, err)
+        raise
+    finally:
+        trainer.interrupt.restore()
+        bar.close()
+
+
+def last_good(trainer: Trainer) -> str:
+    """Where the last state written before a NaN/inf is, for the messages that report one.
+
+    Example:
+        >>> from trainkit.engine.trainer import Trainer
+        >>> model = torch.nn.Linear(2, 2)
+        >>> last_good(Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu"))[:30]
+        'no checkpoint holds an earlier'
+    """
+    last = trainer.last_checkpoint_path()
+    if last is not None and last.is_file():
+        return f"the last good state is {last} (resume with `resume={str(last)!r}`)"
+    return "no checkpoint holds an earlier state (`ModelCheckpoint(every_n_steps=N)` keeps one every N steps)"
+
+
+def _stop_after_signal(trainer: Trainer) -> BaseException:
+    """After SIGINT/SIGTERM: write ``last.pt`` (with ``run_dir``), say how to resume, return the exit error."""
+    last = trainer.last_checkpoint_path()
+    path = trainer.save_checkpoint(last) if last is not None else None
+    state = trainer.state
+    where = f"epoch {state.epoch + 1}, batch {state.batch_idx} (step {state.global_step})"
+    saved = f"saved {path}; " if path is not None else ""
+    print(f"trainkit: stopped at {where}; {saved}{resume_hint(path)}", file=sys.stderr, flush=True)
+    return trainer.interrupt.exit_error()

@@ -81,7 +81,9 @@ def default_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None, 
     """
     from trainkit.losses.aux import AuxLoss
 
-    rule = loss_fn if isinstance(loss_fn, AuxLoss) or not _takes_tensors(loss_fn) else AuxLoss(loss_fn)
+    rule = (
+        loss_fn if loss_fn is None or isinstance(loss_fn, AuxLoss) or not _takes_tensors(loss_fn) else AuxLoss(loss_fn)
+    )
 
     def step(batch: Any) -> dict[str, Any]:
         inputs, targets = batch if type(batch) in (tuple, list) and len(batch) == 2 else split_batch(batch)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,10 @@ from torch import nn
 
 from trainkit.engine import checkpoint as ckpt_io
 from trainkit.engine._arguments import check_args, check_not_empty, with_channels_last
-from trainkit.engine._fit_epoch import run_epoch
+from trainkit.engine._fit_epoch import last_good, train_epochs
 from trainkit.engine.callbacks import Callback, CallbackList, ModelCheckpoint
 from trainkit.engine.distributed import DistributedContext, local_device
-from trainkit.engine.interrupts import GracefulInterrupt, StopRequested, resume_hint
+from trainkit.engine.interrupts import GracefulInterrupt
 from trainkit.engine.loaders import TrainLoader, prepare_eval_loader
 from trainkit.engine.loop_state import LoopState
 from trainkit.engine.loops import evaluate, predict
@@ -47,7 +46,6 @@ from trainkit.engine.run_dir import RunDir
 from trainkit.engine.seeding import Seeding
 from trainkit.engine.state import RunState
 from trainkit.engine.step import StepFn, default_step, output_key
-from trainkit.errors import NonFiniteLossError
 from trainkit.utils.device import resolve_device
 
 __all__ = ["Trainer"]
@@ -348,44 +346,17 @@ class Trainer:
             )
             val_loader = prepare_eval_loader(val_loader, self.dist, device=self.device)
             self.has_validation = val_loader is not None
-            self._train(epochs, val_loader)
+            bar = Progress(enabled=self.progress and self.dist.is_main, total_epochs=epochs)
+            bar.quiet = not self.dist.is_main
+            bar.start_fit(self.state.epoch)
+            self.interrupt = GracefulInterrupt(enabled=not self.dist.enabled).install()
+            train_epochs(self, epochs, val_loader, bar)
             self.callbacks.dispatch("on_fit_end", self)
             self.outputs.plot(self.history)
         finally:
             self.outputs.close()
         self.dist.barrier()  # no rank returns (and reads run_dir) before rank 0 has written its files
         return self.history
-
-    def _train(self, epochs: int, val_loader: Iterable[Any] | None) -> None:
-        """The epochs of ``fit``, with the progress bar, the signal handlers and the callbacks' error hook."""
-        bar = Progress(enabled=self.progress and self.dist.is_main, total_epochs=epochs)
-        bar.quiet = not self.dist.is_main
-        bar.start_fit(self.state.epoch)
-        self.interrupt = GracefulInterrupt(enabled=not self.dist.enabled).install()
-        try:
-            self.callbacks.dispatch("on_fit_start", self)
-            while self.state.epoch < epochs and not self.should_stop:
-                logs = run_epoch(self, val_loader, bar)
-                self.outputs.log_epoch(self.history)
-                bar.epoch_line(logs)
-                self.callbacks.dispatch("on_epoch_end", self, logs)
-                self.should_stop = self.dist.any_true(self.should_stop, self.device)
-                self.interrupt.check()
-        except StopRequested:
-            bar.close()
-            err = self._stop_after_signal()
-            self.callbacks.dispatch("on_exception", self, err)
-            raise err from None
-        except NonFiniteLossError as err:
-            better = err if "not saving" in str(err) else NonFiniteLossError(f"{err}; {self._last_good()}")
-            self.callbacks.dispatch("on_exception", self, better)
-            raise better from (None if better is err else err)
-        except BaseException as err:
-            self.callbacks.dispatch("on_exception", self, err)
-            raise
-        finally:
-            self.interrupt.restore()
-            bar.close()
 
     def _epochs_left(self, epochs: int) -> bool:
         """Whether the run has epochs left to train; say so when it has none (``epochs`` is the total)."""
@@ -401,15 +372,6 @@ class Trainer:
                       "train more)", flush=True)  # fmt: skip
             return False
         return True
-
-    def _last_good(self) -> str:
-        """Where the last state written before a NaN/inf is, for the messages that report one."""
-        saver = next((cb for cb in self.callbacks.callbacks if isinstance(cb, ModelCheckpoint)), None)
-        written = saver.last_path if saver is not None else None
-        last = written or self.last_checkpoint_path()
-        if last is not None and Path(last).is_file():
-            return f"the last good state is {last} (resume with `resume={str(last)!r}`)"
-        return "no checkpoint holds an earlier state (`ModelCheckpoint(every_n_steps=N)` keeps one every N steps)"
 
     def _checkpoint_folder(self) -> Path | None:
         last = self.last_checkpoint_path()
@@ -491,7 +453,7 @@ class Trainer:
             >>> t.save_checkpoint(tempfile.mkdtemp() + "/ckpt.pt").name
             'ckpt.pt'
         """
-        check_savable(self, path, self._last_good())  # never a checkpoint with NaN/inf weights, nor after a NaN loss
+        check_savable(self, path, last_good(self))  # never a checkpoint with NaN/inf weights, nor after a NaN loss
         # Under DDP a mid-epoch checkpoint holds every rank's running sums: a collective, so every rank calls this.
         ranks = self.dist.gather(epoch_sums(self)) if self.dist.enabled and self.state.mid_epoch else None
         if not self.dist.is_main:
@@ -551,16 +513,6 @@ class Trainer:
         return (saver.folder(self) if saver is not None else self.run_dir / "checkpoints") / "last.pt"
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _stop_after_signal(self) -> BaseException:
-        """After SIGINT/SIGTERM: write ``last.pt`` (with ``run_dir``), say how to resume, return the exit error."""
-        last = self.last_checkpoint_path()
-        path = self.save_checkpoint(last) if last is not None else None
-        state = self.state
-        where = f"epoch {state.epoch + 1}, batch {state.batch_idx} (step {state.global_step})"
-        saved = f"saved {path}; " if path is not None else ""
-        print(f"trainkit: stopped at {where}; {saved}{resume_hint(path)}", file=sys.stderr, flush=True)
-        return self.interrupt.exit_error()
 
     def _custom_step(self, name: str) -> StepFn | None:
         """The overridden or passed step, or ``None`` for the default step (which also fixes batch dtypes)."""
