@@ -19,6 +19,7 @@ __all__ = [
     "channels",
     "fraction",
     "integer",
+    "model_option",
     "non_negative_int",
     "num_classes",
     "positive_float",
@@ -158,6 +159,31 @@ def size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"size must be N or HxW with positive numbers, got {text!r}")
     return parts[0], parts[1]
+
+
+def model_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``, a builder option: the value read as a Python literal (number, bool, None, list), else a string.
+
+    Example:
+        >>> model_option("encoder_depth=3"), model_option("decoder_channels=[32, 16, 8]")
+        (('encoder_depth', 3), ('decoder_channels', [32, 16, 8]))
+        >>> model_option("activation=sigmoid")
+        ('activation', 'sigmoid')
+        >>> model_option("3")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected KEY=VALUE, e.g. encoder_depth=3, got '3'
+    """
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. encoder_depth=3, got {text!r}")
+    try:
+        parsed: object = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        parsed = value.strip()
+    return key.strip(), parsed
 
 
 def amp_mode(text: str) -> str | bool:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainkit.cli.recipe import Recipe, load_recipe_model, train_recipe
+from trainkit.cli.recipe import Recipe, load_model, normalizer, train_recipe
+
+if TYPE_CHECKING:
+    from trainkit.models import CheckpointSpec
 
 __all__ = ["DEMO_CLASSES", "run_demo"]
 
@@ -72,10 +75,10 @@ def run_demo(
         scale=(1.0, 1.0),  # shapes are drawn at their final size: flips and colour jitter, no rescaling
         callbacks=list(extra_callbacks or []),
     )
-    trainer, history, settings, val_loader = train_recipe(recipe)
+    trainer, history, _, val_loader = train_recipe(recipe)
     best = run_dir / "checkpoints" / "best.pt"
-    model, _ = load_recipe_model(best, device=trainer.device)
-    write_predictions(model, val_loader, run_dir / "predictions.png", settings, trainer.device)
+    model, spec = load_model(best, device=trainer.device)
+    write_predictions(model, val_loader, run_dir / "predictions.png", spec, trainer.device)
     scores = [row["val/miou"] for row in history if "val/miou" in row]
     return {
         "miou": max(scores) if scores else float("nan"),
@@ -86,23 +89,19 @@ def run_demo(
 
 
 def write_predictions(
-    model: torch.nn.Module, loader: Any, path: Path, settings: dict[str, Any], device: torch.device, rows: int = 6
+    model: torch.nn.Module, loader: Any, path: Path, spec: CheckpointSpec, device: torch.device, rows: int = 6
 ) -> Path:
     """Plot image | truth | prediction for the first ``rows`` samples of ``loader``.
 
     Example:
-        >>> write_predictions(model, val_loader, Path("p.png"), settings, torch.device("cpu"))  # doctest: +SKIP
+        >>> write_predictions(model, val_loader, Path("p.png"), spec, torch.device("cpu"))  # doctest: +SKIP
     """
-    from trainkit.data.transforms import BatchNormalize
+    from trainkit.utils.outputs import main_output
     from trainkit.utils.plots import plot_predictions
 
-    data = settings["data"]
     images, masks = next(iter(loader))
     images, masks = images[:rows], masks[:rows]
-    normalize = BatchNormalize(data["mean"], data["std"])
     with torch.inference_mode():
-        preds = model(normalize(images.to(device))).argmax(1).cpu()
-    names = data.get("class_names") or None
-    return plot_predictions(
-        images, masks, preds, path, num_classes=data["num_classes"], max_rows=rows, class_names=names
-    )
+        preds = main_output(model(normalizer(spec)(images.to(device)))).argmax(1).cpu()
+    names = spec.class_names or None
+    return plot_predictions(images, masks, preds, path, num_classes=spec.num_classes, max_rows=rows, class_names=names)

@@ -1,4 +1,4 @@
-"""The ``trainkit`` command: ``demo``, ``train``, ``predict``, ``check``, ``synth``, ``summary``.
+"""The ``trainkit`` command: ``demo``, ``train``, ``predict``, ``evaluate``, ``check``, ``synth``, ``summary``.
 
 Bad arguments print one line and exit with status 2; a data or checkpoint problem prints one
 line (never a traceback) and exits with status 1.
@@ -15,14 +15,18 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from trainkit.cli import _argument_types as types
+from trainkit.cli import _model_flags as model_flags
 
 __all__ = ["build_parser", "main"]
 
 _EXAMPLES = {
     "demo": "example: trainkit demo --run-dir runs/demo --epochs 28",
     "train": "example: trainkit train --images PennFudanPed/PNGImages --masks PennFudanPed/PedMasks "
-    "--mask-suffix _mask --target binary --size 256 --epochs 30",
+    "--mask-suffix _mask --target binary --size 256 --epochs 30 (or --model smp:Unet --encoder resnet34 "
+    "--encoder-weights imagenet --encoder-lr 1e-4; see docs/models.md)",
     "predict": "example: trainkit predict --checkpoint runs/train/checkpoints/best.pt --images photos --out masks",
+    "evaluate": "example: trainkit evaluate --checkpoint runs/train/checkpoints/best.pt --images test/images "
+    "--masks test/masks --mask-suffix _mask",
     "check": "example: trainkit check --images data/train --masks data/train_masks --mask-suffix _mask --num-classes 2",
     "synth": "example: trainkit synth data/shapes --n 200 --size 64",
     "summary": "example: trainkit summary runs/demo/checkpoints/best.pt",
@@ -72,25 +76,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="one line an epoch instead of progress bars")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --run-dir")
 
-    train = command("train", "train the UNet recipe on your own folders of images and masks")
+    train = command("train", "train a segmentation model on your own folders of images and masks")
     train.add_argument("--images", required=True, help="folder of images")
     train.add_argument("--masks", required=True, help="folder of masks")
     train.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
     train.add_argument("--target", choices=("semantic", "binary"), default="semantic", help="mask meaning")
     train.add_argument("--num-classes", type=types.num_classes, help="classes incl. background (semantic), 2 to 255")
     train.add_argument("--color-map", help="class_dict.csv (name,r,g,b) for colour-coded masks")
-    train.add_argument("--val-split", type=types.fraction, default=0.2, help="held-out fraction, in [0, 1)")
+    train.add_argument("--val-split", type=types.fraction, help="held-out fraction, in [0, 1) (default 0.2)")
+    train.add_argument("--val-images", help="validate on this folder of images instead of a --val-split")
+    train.add_argument("--val-masks", help="the masks of --val-images")
     train.add_argument("--size", type=types.size, default=(256, 256), help="training size N or HxW")
     train.add_argument("--epochs", type=types.positive_int, default=20)
     train.add_argument("--batch-size", type=types.positive_int, default=8)
-    train.add_argument("--lr", type=types.positive_float, default=1e-3, help="peak learning rate (one-cycle)")
+    train.add_argument("--lr", type=types.positive_float, default=1e-3, help="peak learning rate (warm-up, cosine)")
     train.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
     train.add_argument("--run-dir", default="runs/train")
     train.add_argument("--resume", help="checkpoint path, or 'last' for <run-dir>/checkpoints/last.pt")
     train.add_argument("--overwrite", action="store_true", help="replace the run --run-dir holds (without --resume)")
     train.add_argument("--device", default="auto")
-    train.add_argument("--base-channels", type=types.positive_int, default=32, help="UNet width")
-    train.add_argument("--depth", type=types.positive_int, default=4, help="UNet down-samplings; --size >= 2**depth")
+    model = train.add_argument_group("model (docs/models.md)")
+    model.add_argument("--model", default="unet", help="unet, torchvision:<builder> (e.g. "
+                       "torchvision:deeplabv3_mobilenet_v3_large), smp:<Arch> (e.g. smp:Unet)")  # fmt: skip
+    model.add_argument("--encoder", help="smp encoder, e.g. resnet34, efficientnet-b0, tu-convnext_tiny (timm)")
+    model.add_argument("--encoder-weights", help="pretrained encoder from the cache: smp 'imagenet', torchvision "
+                       "backbone 'DEFAULT'; never downloaded")  # fmt: skip
+    model.add_argument("--weights", help="torchvision whole-model weights from the cache, e.g. DEFAULT (new head)")
+    model.add_argument("--model-option", action="append", default=[], type=types.model_option, metavar="KEY=VALUE",
+                       help="another builder option, repeatable, e.g. encoder_depth=3 or aux_loss=True")  # fmt: skip
+    model.add_argument("--encoder-lr", type=types.positive_float, help="learning rate of the encoder (default --lr)")
+    model.add_argument("--freeze-encoder", type=types.non_negative_int, default=0, metavar="EPOCHS",
+                       help="keep the encoder frozen for the first EPOCHS epochs")  # fmt: skip
+    model.add_argument("--base-channels", type=types.positive_int, help="UNet width (default 32)")
+    model.add_argument("--depth", type=types.positive_int, help="UNet down-samplings (default 4); --size >= 2**depth")
+    model_flags.import_option(model)
     train.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
     train.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
     train.add_argument("--no-progress", action="store_true")
@@ -102,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlays", action="store_true", help="also write overlays/<stem>.png (mask on image)")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=types.positive_int, default=8)
+    model_flags.import_option(predict)
+
+    evaluate = command("evaluate", "score a checkpoint on a labelled folder (mIoU, Dice, accuracy, per class)")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint that records its spec (trainkit train)")
+    evaluate.add_argument("--images", required=True, help="folder of images")
+    evaluate.add_argument("--masks", required=True, help="folder of masks, read as in training")
+    evaluate.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--batch-size", type=types.positive_int, default=8)
+    evaluate.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
+    model_flags.import_option(evaluate)
 
     check = command("check", "validate a dataset folder without training; exit status 1 on errors")
     check.add_argument("--images", required=True)
@@ -121,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary = command("summary", "print the layer table of a checkpoint's model")
     summary.add_argument("checkpoint", help="a checkpoint from `trainkit train` or `demo`")
     summary.add_argument("--depth", type=types.positive_int, default=3, help="module nesting depth shown")
+    model_flags.import_option(summary)
     return parser
 
 
@@ -135,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainkit.errors import TrainkitError
 
     try:
+        model_flags.import_modules(getattr(args, "imports", []))
         return _COMMANDS[args.command](args)
-    except (TrainkitError, ValueError, OSError) as err:
+    except (TrainkitError, ValueError, OSError, ImportError) as err:
         print(f"trainkit {args.command}: error: {_error_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -217,13 +249,22 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.target == "semantic" and args.num_classes is None and args.color_map is None:
         return _usage_error("train", "--num-classes is required for --target semantic (or give --color-map)")
-    smallest = 2**args.depth
-    if min(args.size) < smallest:
-        return _usage_error(
-            "train",
-            f"--size {args.size[0]}x{args.size[1]} is too small for --depth {args.depth}: the UNet halves the "
-            f"image {args.depth} times, so it needs at least {smallest}x{smallest}; raise --size or lower --depth",
-        )
+    if (args.val_images is None) != (args.val_masks is None):
+        return _usage_error("train", "--val-images and --val-masks go together: give both folders, or neither")
+    if args.val_images is not None and args.val_split is not None:
+        return _usage_error("train", "give --val-split or --val-images/--val-masks, not both")
+    options, refused = model_flags.model_options(args)
+    if refused:
+        return _usage_error("train", refused)
+    if args.model.lower() == "unet":
+        smallest = 2 ** options["depth"]
+        if min(args.size) < smallest:
+            return _usage_error(
+                "train",
+                f"--size {args.size[0]}x{args.size[1]} is too small for --depth {options['depth']}: the UNet halves "
+                f"the image {options['depth']} times, so it needs at least {smallest}x{smallest}; raise --size or "
+                "lower --depth",
+            )
     recipe = Recipe(
         images=args.images,
         masks=args.masks,
@@ -231,7 +272,9 @@ def _train(args: argparse.Namespace) -> int:
         target=args.target,
         num_classes=args.num_classes,
         color_map=args.color_map,
-        val_split=args.val_split,
+        val_split=0.2 if args.val_split is None else args.val_split,
+        val_images=args.val_images,
+        val_masks=args.val_masks,
         size=args.size,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -241,8 +284,10 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         device=args.device,
-        base_channels=args.base_channels,
-        depth=args.depth,
+        model=args.model,
+        model_options=options,
+        encoder_lr=args.encoder_lr,
+        freeze_encoder=args.freeze_encoder,
         num_workers=args.workers,
         seed=args.seed,
         progress=not args.no_progress,
@@ -312,13 +357,31 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from trainkit.cli.evaluate import evaluate_folder
+
+    result = evaluate_folder(
+        args.checkpoint,
+        args.images,
+        args.masks,
+        mask_suffix=args.mask_suffix,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+    )
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in result.scores.items())
+    h, w = result.size
+    print(f"evaluate: {result.images} images at {h}x{w} (the checkpoint's size); {scores}")
+    print(result.table())
+    return 0
+
+
 def _summary(args: argparse.Namespace) -> int:
-    from trainkit.cli.recipe import load_recipe_model
+    from trainkit.cli.recipe import load_model
     from trainkit.utils.summary import summary
 
-    model, settings = load_recipe_model(args.checkpoint)
-    size = settings["data"]["size"]
-    summary(model, (settings["model"].get("in_channels", 3), *size), depth=args.depth, verbose=1)
+    model, spec = load_model(args.checkpoint)
+    summary(model, (spec.model.in_channels, *spec.preprocessing.size), depth=args.depth, verbose=1)  # type: ignore[misc]
     return 0
 
 
@@ -326,6 +389,7 @@ _COMMANDS: dict[str, Any] = {
     "demo": _demo,
     "train": _train,
     "predict": _predict,
+    "evaluate": _evaluate,
     "check": _check,
     "synth": _synth,
     "summary": _summary,

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from trainkit.cli.recipe import load_recipe_model
+from trainkit.cli.recipe import load_model, normalizer
 
 __all__ = ["PredictResult", "predict_folder"]
 
@@ -46,11 +46,13 @@ def predict_folder(
     """Predict a mask for every image in ``images`` and write ``out/<stem>.png`` (palette PNG of class ids).
 
     Images are resized to the training size for the model and the predicted mask is resized back
-    (nearest) to the image's own size, so masks line up with their images pixel for pixel. With
-    ``overlays``, ``out/overlays/<stem>.png`` shows the mask over the image.
+    (nearest) to the image's own size, so masks line up with their images pixel for pixel. The palette
+    holds the checkpoint's colour map (the training masks' colours), or trainkit's colours. With
+    ``overlays``, ``out/overlays/<stem>.png`` shows the mask over the image. The model's main output is
+    taken by :func:`trainkit.utils.outputs.main_output` (torchvision's ``"out"``...).
 
     Args:
-        checkpoint: a checkpoint written by ``trainkit train`` or ``trainkit demo``.
+        checkpoint: a checkpoint that records its spec (``trainkit train``, ``demo``, or see docs/models.md).
         images: the folder of images (its top level; hidden files are skipped).
         out: the output folder, created; not ``images`` itself.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
@@ -74,28 +76,27 @@ def predict_folder(
     from PIL import Image
 
     from trainkit.data._pairing import list_image_files
-    from trainkit.data.transforms import BatchNormalize
     from trainkit.utils.device import resolve_device
-    from trainkit.utils.plots import palette
+    from trainkit.utils.outputs import main_output
 
     files = list_image_files(images, recursive=False, role="--images")  # natural order, hidden files skipped
     folders = _output_folders(Path(images), Path(out), overlays)
     _refuse_shared_outputs(files, Path(out))
     dev = resolve_device(device)
-    model, settings = load_recipe_model(checkpoint, device=dev)
-    data = settings["data"]
+    model, spec = load_model(checkpoint, device=dev)
+    size = spec.preprocessing.size
     for folder in folders:
         _make_folder(folder)
-    colours = np.asarray(palette(256), dtype=np.uint8).reshape(-1).tolist()
-    normalize = BatchNormalize(data["mean"], data["std"])
+    colours = np.asarray(spec.colors(), dtype=np.uint8).reshape(-1).tolist()
+    normalize = normalizer(spec)
     result = PredictResult([], [], [])
     for start in range(0, len(files), batch_size):
-        chunk = _read_chunk(files[start : start + batch_size], result.failed, on_failure)
+        chunk = _read_chunk(files[start : start + batch_size], spec.model.in_channels, result.failed, on_failure)
         if not chunk:
             continue
-        batch = torch.stack([_resize(img, data["size"]) for _, img in chunk]).to(dev)
+        batch = torch.stack([_resize(img, size) for _, img in chunk]).to(dev)
         with torch.inference_mode():
-            labels = model(normalize(batch)).argmax(1).cpu()
+            labels = main_output(model(normalize(batch))).argmax(1).cpu()
         for (path, img), label in zip(chunk, labels, strict=True):
             mask = _resize_mask(label, (img.shape[-2], img.shape[-1]))
             pil = Image.fromarray(mask.numpy().astype(np.uint8))  # "L", becomes "P" with the palette
@@ -156,16 +157,19 @@ def _make_folder(folder: Path) -> None:
 
 
 def _read_chunk(
-    paths: list[Path], failed: list[tuple[Path, str]], on_failure: Callable[[Path, str], None] | None
+    paths: list[Path],
+    channels: int,
+    failed: list[tuple[Path, str]],
+    on_failure: Callable[[Path, str], None] | None,
 ) -> list[tuple[Path, torch.Tensor]]:
-    """The images of ``paths`` that decode, as ``[3, H, W]`` uint8; the others are added to ``failed``."""
+    """The images of ``paths`` that decode, as ``[channels, H, W]`` uint8; the others are added to ``failed``."""
     from trainkit.data._decode import read_image
     from trainkit.errors import DataError
 
     chunk = []
     for path in paths:
         try:
-            chunk.append((path, read_image(path, channels=3)))
+            chunk.append((path, read_image(path, channels=channels)))
         except (DataError, OSError) as err:
             reason = str(err) if isinstance(err, DataError) else f"cannot read it ({err.strerror or err})"
             reason = reason if str(path) in reason else f"{path}: {reason}"
@@ -196,7 +200,7 @@ def _save_png(image: Any, target: Path, result: PredictResult, total: int) -> Pa
     return target
 
 
-def _resize(image: torch.Tensor, size: list[int] | tuple[int, int]) -> torch.Tensor:
+def _resize(image: torch.Tensor, size: Any) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as F
 
     return F.resize(image, list(size), antialias=True)

@@ -1,10 +1,12 @@
-"""The UNet segmentation recipe behind ``trainkit demo`` and ``trainkit train``.
+"""The segmentation recipe behind ``trainkit demo`` and ``trainkit train``.
 
-Folders of images and masks → a seeded train/val split → ``train_preset``/``eval_preset``
-(uint8 through the loader, normalised on the device) → ``UNet`` → Adam + cosine schedule →
-``DiceCELoss`` → :class:`~trainkit.Trainer` with mixed precision, mIoU, checkpoints and curves.
-The checkpoint keeps the model and data settings (``extra["recipe"]``) so ``trainkit predict``
-and ``trainkit summary`` can rebuild the model from the file alone.
+Folders of images and masks → a seeded train/val split (or a given validation folder) →
+``train_preset``/``eval_preset`` (uint8 through the loader, normalised on the device) → a model from
+the factory (``UNet`` by default, torchvision and smp ones by name) → AdamW (the encoder at its own
+rate when asked, frozen for the first epochs when asked) + warm-up/cosine schedule → ``DiceCELoss`` →
+:class:`~trainkit.Trainer` with mixed precision, mIoU, checkpoints and curves. Each checkpoint records
+its :class:`~trainkit.models.CheckpointSpec` (``extra["spec"]``), so ``trainkit predict``, ``evaluate``
+and ``summary`` rebuild and use the model from the file alone (:func:`load_model`).
 """
 
 from __future__ import annotations
@@ -15,21 +17,31 @@ import math
 import os
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 
-__all__ = ["Recipe", "RecipeRun", "build_model", "load_recipe_model", "read_color_map", "train_recipe"]
+from trainkit.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from trainkit.models import CheckpointSpec
+
+__all__ = ["Recipe", "RecipeRun", "load_model", "normalizer", "read_color_map", "train_recipe"]
 
 
 @dataclass
 class Recipe:
-    """Everything the UNet recipe needs; the CLI fills it from its arguments.
+    """Everything the recipe needs; the CLI fills it from its arguments.
+
+    ``model`` and ``model_options`` name a model of :func:`trainkit.models.create_model`; for ``"unet"``,
+    ``base_channels`` and ``depth`` are added to its options. ``encoder_lr`` trains the encoder at its own
+    rate and ``freeze_encoder`` keeps it frozen for that many first epochs. ``val_images``/``val_masks``
+    validate on that folder instead of a ``val_split`` of the training one.
 
     Example:
         >>> r = Recipe(images="data/img", masks="data/masks", num_classes=2, epochs=1)
-        >>> r.size
-        (256, 256)
+        >>> r.size, r.model
+        ((256, 256), 'unet')
     """
 
     images: str
@@ -56,45 +68,72 @@ class Recipe:
     scale: tuple[float, float] = (0.5, 2.0)
     callbacks: list[Any] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    model: str = "unet"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    encoder_lr: float | None = None
+    freeze_encoder: int = 0
+    val_images: str | None = None
+    val_masks: str | None = None
 
 
-def build_model(config: dict[str, Any]) -> torch.nn.Module:
-    """A ``UNet`` from the ``model`` settings stored in a recipe checkpoint.
+def load_model(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, CheckpointSpec]:
+    """Rebuild a checkpoint's model from its spec and load its weights; return it (in eval mode) with the spec.
 
-    Example:
-        >>> build_model({"name": "UNet", "in_channels": 3, "out_channels": 2, "base_channels": 4, "depth": 2}).depth
-        2
-    """
-    from trainkit.models import UNet
-
-    if config.get("name") != "UNet":
-        raise ValueError(f"the recipe only builds UNet models, the checkpoint asks for {config.get('name')!r}")
-    kwargs = {k: v for k, v in config.items() if k != "name"}
-    return UNet(**kwargs)
-
-
-def load_recipe_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild and load the model of a checkpoint written by the recipe; return it with the recipe settings.
+    Reads checkpoints of ``trainkit train``/``demo`` and any that records a spec; those written by trainkit
+    0.1.0's ``trainkit train`` (a UNet config in ``extra["recipe"]``) too.
 
     Raises:
-        CheckpointError: the checkpoint was not written by ``trainkit train``/``demo`` (no recipe settings).
+        CheckpointError: the checkpoint records no spec, or its weights do not fit (the keys listed).
+        ValueError: it names a registered model that this process has not registered (``--import`` it).
 
     Example:
-        >>> model, settings = load_recipe_model("runs/demo/checkpoints/best.pt")  # doctest: +SKIP
+        >>> model, spec = load_model("runs/demo/checkpoints/best.pt")  # doctest: +SKIP
+        >>> spec.preprocessing.size  # doctest: +SKIP
+        (64, 64)
     """
     from trainkit.engine.checkpoint import load_checkpoint, load_model_state
-    from trainkit.errors import CheckpointError
+    from trainkit.models import CheckpointSpec
 
     ckpt = load_checkpoint(path)
-    settings = (ckpt.get("extra") or {}).get("recipe")
-    if not settings:
-        raise CheckpointError(
-            f"{path} has no model settings (it was not written by `trainkit train` or `trainkit demo`); load it in "
-            "Python with `trainkit.load_checkpoint(path, model)` and your own model instead"
-        )
-    model = build_model(settings["model"])
+    try:
+        spec = CheckpointSpec.from_checkpoint(ckpt)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    try:
+        model = spec.model.build(pretrained=False)  # every weight is in the checkpoint: no cache, no download
+    except ValueError as err:
+        raise ValueError(
+            f"{path}: {err}. On the command line, `--import MODULE` imports the module (or .py file) that registers it"
+        ) from err
     load_model_state(model, ckpt["model"], path=path)
-    return model.to(device).eval(), settings
+    return model.to(device).eval(), spec
+
+
+def normalizer(spec: CheckpointSpec) -> Any:
+    """The batch transform that turns uint8 images into the model's input: times ``scale``, then mean/std.
+
+    Example:
+        >>> from trainkit.models import CheckpointSpec, ModelSpec, Preprocessing
+        >>> spec = CheckpointSpec(ModelSpec("unet", num_classes=2), Preprocessing(8, mean=(0.5,), std=(0.5,)))
+        >>> normalizer(spec)(torch.tensor([[[[0, 255]]]], dtype=torch.uint8)).tolist()
+        [[[[-1.0, 1.0]]]]
+    """
+    from trainkit.data.transforms import BatchNormalize
+
+    prep = spec.preprocessing
+    normalize = BatchNormalize(prep.mean, prep.std)
+    if math.isclose(prep.scale, 1 / 255):
+        return normalize  # it scales uint8 by 1/255 itself
+    scale = prep.scale
+
+    def scaled(batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return normalize(batch.float() * scale)
+        return normalize((batch[0].float() * scale, *batch[1:]))
+
+    return scaled
 
 
 class RecipeRun(NamedTuple):
@@ -102,66 +141,52 @@ class RecipeRun(NamedTuple):
 
     trainer: Any
     history: list[dict[str, float]]
-    settings: dict[str, Any]
+    spec: CheckpointSpec
     val_loader: Any
 
 
 def train_recipe(recipe: Recipe) -> RecipeRun:
-    """Train the UNet recipe; return the trainer, its history, the settings saved with it and the val loader.
+    """Train the recipe; return the trainer, its history, the spec saved with it and the val loader.
 
     Example:
         >>> run = train_recipe(Recipe("imgs", "masks", num_classes=2))  # doctest: +SKIP
         >>> run.history[-1]["val/miou"]  # doctest: +SKIP
     """
-    from torch.utils.data import DataLoader, Subset
-
-    from trainkit.data import SegmentationDataset, collate
-    from trainkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchNormalize, eval_preset, train_preset
+    from trainkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from trainkit.engine import EarlyStopping, RunDir, Trainer
+    from trainkit.engine.callbacks import FreezeEncoder
     from trainkit.losses import DiceCELoss
     from trainkit.metrics import MeanIoU
+    from trainkit.models import CheckpointSpec, ModelSpec, Preprocessing, param_groups
 
     color_map: dict[tuple[int, int, int], int] | None = None
     class_names = list(recipe.class_names)
     if recipe.color_map:
         color_map, names = read_color_map(recipe.color_map)
         class_names = class_names or list(names)
-    train_ds = SegmentationDataset(
-        recipe.images,
-        recipe.masks,
-        mask_suffix=recipe.mask_suffix,
-        target=recipe.target,
-        num_classes=recipe.num_classes,
-        color_map=color_map,
-        transforms=train_preset(recipe.size, scale=recipe.scale, normalize=False),
-    )
-    val_ds = copy.copy(train_ds)  # the same pairs, listed and paired once; only the transforms differ
-    val_ds.transforms = eval_preset(recipe.size, normalize=False)
     num_classes = _num_classes(recipe, color_map)
-    train_idx, val_idx = split_indices(len(train_ds), recipe.val_split, recipe.seed)
-    make_loader = partial(
-        DataLoader,
-        batch_size=recipe.batch_size,
-        num_workers=recipe.num_workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=recipe.num_workers > 0,
+    options = dict(recipe.model_options)
+    if recipe.model.lower() == "unet":
+        options = {"base_channels": recipe.base_channels, "depth": recipe.depth, **options}
+    spec = CheckpointSpec(
+        ModelSpec(recipe.model, num_classes, 3, options),
+        Preprocessing(tuple(recipe.size), 1 / 255, IMAGENET_MEAN, IMAGENET_STD),  # type: ignore[arg-type]
+        class_names=class_names if len(class_names) == num_classes else [],
+        color_map=color_map,
+        target=recipe.target,
     )
-    train_loader = make_loader(Subset(train_ds, train_idx), shuffle=True, drop_last=len(train_idx) > recipe.batch_size)
-    val_loader = make_loader(Subset(val_ds, val_idx)) if val_idx else None
-
+    train_loader, val_loader = _loaders(recipe, color_map)
     torch.manual_seed(recipe.seed)
-    model_config = {
-        "name": "UNet",
-        "in_channels": 3,
-        "out_channels": num_classes,
-        "base_channels": recipe.base_channels,
-        "depth": recipe.depth,
-    }
-    model = build_model(model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    model = spec.model.build()  # pretrained weights, when asked, from the cache
+    _check_size(model, spec)
+    if recipe.encoder_lr is not None:
+        params: Any = param_groups(model, lr=recipe.lr, encoder_lr=recipe.encoder_lr)
+    else:
+        params = model.parameters()
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.epochs * max(1, len(train_loader))))
     monitor = "val/miou" if val_loader is not None else "train/loss"
+    freeze = [FreezeEncoder(recipe.freeze_encoder)] if recipe.freeze_encoder else []
     trainer = Trainer(
         model,
         optimizer,
@@ -174,28 +199,76 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
         run_dir=RunDir(recipe.run_dir, overwrite=recipe.overwrite),  # a fresh run never replaces one unasked
         seed=recipe.seed,
         progress=recipe.progress,
-        batch_transform=BatchNormalize(IMAGENET_MEAN, IMAGENET_STD),
+        batch_transform=normalizer(spec),
         callbacks=[
             _checkpoint(monitor),
             EarlyStopping(monitor, mode="max" if "miou" in monitor else "min", patience=max(5, recipe.epochs // 3)),
+            *freeze,
             *recipe.callbacks,
         ],
     )
-    settings = {
-        "model": model_config,
-        "data": {
-            "size": list(recipe.size),
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "num_classes": num_classes,
-            "target": recipe.target,
-            "class_names": class_names,
-        },
-        "train": {k: v for k, v in vars(recipe).items() if isinstance(v, (str, int, float, bool, type(None)))},
+    trainer.extra_state["spec"] = spec.to_dict()
+    # The command's arguments, for the record (the spec alone rebuilds and uses the model).
+    trainer.extra_state["recipe"] = {
+        "train": {k: v for k, v in vars(recipe).items() if isinstance(v, (str, int, float, bool, type(None)))}
     }
-    trainer.extra_state["recipe"] = settings
     history = trainer.fit(train_loader, val_loader, epochs=recipe.epochs, resume=recipe.resume)
-    return RecipeRun(trainer, history, settings, val_loader)
+    return RecipeRun(trainer, history, spec, val_loader)
+
+
+def _loaders(recipe: Recipe, color_map: dict[tuple[int, int, int], int] | None) -> tuple[Any, Any]:
+    """The training loader and the validation one: a seeded split of the folder, or the given val folder."""
+    from torch.utils.data import DataLoader, Subset
+
+    from trainkit.data import SegmentationDataset, collate
+    from trainkit.data.transforms import eval_preset, train_preset
+
+    dataset = partial(
+        SegmentationDataset,
+        mask_suffix=recipe.mask_suffix,
+        target=recipe.target,
+        num_classes=recipe.num_classes,
+        color_map=color_map,
+    )
+    train_ds = dataset(recipe.images, recipe.masks, transforms=train_preset(recipe.size, scale=recipe.scale,
+                                                                             normalize=False))  # fmt: skip
+    if recipe.val_images is not None and recipe.val_masks is not None:
+        train_idx = list(range(len(train_ds)))
+        val_ds = dataset(recipe.val_images, recipe.val_masks, transforms=eval_preset(recipe.size, normalize=False))
+        val_idx = list(range(len(val_ds)))
+    else:
+        val_ds = copy.copy(train_ds)  # the same pairs, listed and paired once; only the transforms differ
+        val_ds.transforms = eval_preset(recipe.size, normalize=False)
+        train_idx, val_idx = split_indices(len(train_ds), recipe.val_split, recipe.seed)
+    make_loader = partial(
+        DataLoader,
+        batch_size=recipe.batch_size,
+        num_workers=recipe.num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=recipe.num_workers > 0,
+    )
+    train_loader = make_loader(Subset(train_ds, train_idx), shuffle=True, drop_last=len(train_idx) > recipe.batch_size)
+    val_loader = make_loader(Subset(val_ds, val_idx)) if val_idx else None
+    return train_loader, val_loader
+
+
+def _check_size(model: torch.nn.Module, spec: CheckpointSpec) -> None:
+    """Refuse a ``--size`` the model cannot take (smp encoders need multiples of their output stride)."""
+    check = getattr(model, "check_input_shape", None)  # segmentation_models_pytorch's own check
+    if not callable(check):
+        return
+    h, w = cast(tuple[int, int], spec.preprocessing.size)
+    try:
+        check(torch.empty(1, spec.model.in_channels, h, w, device="meta"))
+    except RuntimeError:
+        encoder: Any = model.encoder
+        stride = int(encoder.output_stride)
+        fit_h, fit_w = (-(-h // stride) * stride, -(-w // stride) * stride)
+        raise ValueError(
+            f"--size {h}x{w} does not fit {spec.model.name}: its encoder needs a height and width divisible by "
+            f"{stride}; use --size {fit_h}x{fit_w} (or a lower encoder_depth)"
+        ) from None
 
 
 def read_color_map(path: str | os.PathLike[str]) -> tuple[dict[tuple[int, int, int], int], list[str]]:

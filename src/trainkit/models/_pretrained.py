@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 __all__ = ["smp_encoder_weights", "torch_hub_file", "torchvision_weights"]
 
+_FLAGS = {"weights": "--weights", "weights_backbone": "--encoder-weights"}  # the `trainkit train` flags
+
 
 def torch_hub_file(url: str) -> Path:
     """Where ``torch.hub.load_state_dict_from_url`` keeps (and looks for) the file of ``url``.
@@ -65,7 +67,7 @@ def torchvision_weights(builder: Callable[..., Any], option: str, value: Any) ->
             f'trainkit never downloads by surprise. Fetch them once, online: `python -c "import torchvision; '
             f"torchvision.models.get_weight('{full}').get_state_dict()\"` (or download {weights.url} to that "
             f"path), or set TORCH_HOME to the folder that holds hub/checkpoints/{path.name}; or pass "
-            f"`{option}=None` to start from random weights"
+            f"`{option}=None` (leave out `{_FLAGS[option]}` on the command line) to start from random weights"
         )
     return weights
 
@@ -146,7 +148,7 @@ def _require_timm_file(encoder: str, weights: Any) -> None:
         raise FileNotFoundError(
             f"the pretrained weights of {encoder} are not in the torch hub cache: {torch_hub_file(url)} is "
             f"missing, and trainkit never downloads by surprise. Download {url} to that path once, or pass "
-            "`encoder_weights=None` to start from random weights"
+            "`encoder_weights=None` (leave out `--encoder-weights`) to start from random weights"
         )
 
 
@@ -165,5 +167,5 @@ def _hf_message(what: str, repo: str, revision: str | None, files: list[str]) ->
         f"the pretrained weights ({what}) are not in the Hugging Face cache {constants.HF_HUB_CACHE}: "
         f"{', '.join(files)} of {repo} missing, and trainkit never downloads by surprise. Fetch them once, "
         f"online: `hf download {repo} {' '.join(files)}{pinned}`, or set HF_HOME to the folder that holds them; "
-        "or pass `encoder_weights=None` to start from random weights"
+        "or pass `encoder_weights=None` (leave out `--encoder-weights`) to start from random weights"
     )

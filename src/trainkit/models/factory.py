@@ -231,15 +231,7 @@ def _split(name: str) -> tuple[str, str]:
         raise ValueError(f"a model name must be a non-empty string such as 'unet' or 'smp:Unet', got {name!r}")
     family, sep, rest = name.partition(":")
     if not sep:
-        if name.lower() == "unet":
-            return "unet", "unet"
-        if name in _registry:
-            return "", name
-        raise ValueError(
-            f"unknown model {name!r}: give 'unet', 'torchvision:<builder>' (e.g. "
-            "'torchvision:deeplabv3_mobilenet_v3_large'), 'smp:<Arch>' (e.g. 'smp:Unet'), or register your own "
-            f"with `trainkit.models.register({name!r}, build_fn)` first (registered: {sorted(_registry) or 'none'})"
-        )
+        return ("unet", "unet") if name.lower() == "unet" else ("", name)  # a registered name: checked when built
     if family == "torchvision":
         if rest not in TORCHVISION_MODELS:
             raise ValueError(
@@ -340,6 +332,12 @@ def _build_smp(arch: str, num_classes: int, in_channels: int, options: dict[str,
 
 
 def _build_registered(name: str, num_classes: int, in_channels: int, options: dict[str, Any]) -> nn.Module:
+    if name not in _registry:
+        raise ValueError(
+            f"unknown model {name!r}: give 'unet', 'torchvision:<builder>' (e.g. "
+            "'torchvision:deeplabv3_mobilenet_v3_large'), 'smp:<Arch>' (e.g. 'smp:Unet'), or register your own "
+            f"with `trainkit.models.register({name!r}, build_fn)` first (registered: {sorted(_registry) or 'none'})"
+        )
     build_fn = _registry[name]
     params = _parameters(build_fn)
     kwargs = {"num_classes": num_classes, **options}
