@@ -5,6 +5,7 @@ Example:
     >>> import trainkit
     >>> ds = trainkit.data.SegmentationDataset("images", "masks", target="semantic")  # doctest: +SKIP
     >>> coco = trainkit.data.CocoDataset("annotations/instances_default.json", "images")  # doctest: +SKIP
+    >>> unlabelled = trainkit.data.ImageDataset("photos")  # (image, path) samples, for prediction  # doctest: +SKIP
     >>> loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=trainkit.data.collate)  # doctest: +SKIP
 """
 
@@ -16,6 +17,7 @@ from trainkit.data.class_dict import ClassDict, read_class_dict
 from trainkit.data.coco import CocoDataset, check_coco
 from trainkit.data.collate import collate, collate_instances
 from trainkit.data.dataset import SegmentationDataset
+from trainkit.data.images import ImageDataset
 from trainkit.data.labelme import labelme_to_coco
 from trainkit.data.synthetic import make_shapes
 from trainkit.errors import DataError, DecodeError, MaskValueError, PairingError
@@ -27,6 +29,7 @@ __all__ = [
     "CocoDataset",
     "DataError",
     "DecodeError",
+    "ImageDataset",
     "MaskValueError",
     "PairingError",
     "SegmentationDataset",
