@@ -29,7 +29,7 @@ from trainkit.engine import (
 )
 from trainkit.utils.seed import seed_everything
 
-_LAZY_MODULES = ("callbacks", "cli", "data", "losses", "metrics", "models", "utils")
+_LAZY_MODULES = ("callbacks", "cli", "data", "inference", "losses", "metrics", "models", "utils")
 _LAZY_FUNCTIONS = {"summary": "trainkit.utils.summary"}
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "data",
     "errors",
     "evaluate",
+    "inference",
     "load_checkpoint",
     "losses",
     "metrics",
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from trainkit import callbacks, data, losses, metrics, models, utils
+    from trainkit import callbacks, data, inference, losses, metrics, models, utils
     from trainkit.utils.summary import summary
 
 
