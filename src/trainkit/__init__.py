@@ -24,6 +24,7 @@ from trainkit.engine import (
     evaluate,
     load_checkpoint,
     predict,
+    predict_iter,
     save_checkpoint,
     train_one_epoch,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "metrics",
     "models",
     "predict",
+    "predict_iter",
     "save_checkpoint",
     "seed_everything",
     "summary",

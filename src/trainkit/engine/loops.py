@@ -1,4 +1,4 @@
-"""The functional core: ``train_one_epoch``, ``evaluate`` and ``predict``.
+"""The functional core: ``train_one_epoch``, ``evaluate`` and ``predict`` / ``predict_iter``.
 
 ``train_one_epoch`` in pseudocode (the step itself is :class:`~trainkit.engine.step.TrainStep`)::
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ from trainkit.engine.step import (
 from trainkit.utils.device import move_to_device, resolve_device
 from trainkit.utils.outputs import main_output
 
-__all__ = ["LoopState", "evaluate", "predict", "train_one_epoch"]
+__all__ = ["LoopState", "evaluate", "predict", "predict_iter", "train_one_epoch"]
 
 
 def train_one_epoch(
@@ -253,13 +254,11 @@ def predict(
     batch_transform: Callable[[Any], Any] | None = None,
     step_fn: StepFn | None = None,
     main: str | None = None,
+    postprocess: Callable[[torch.Tensor], Any] | None = None,
 ) -> list[Any]:
     """Run ``model`` over ``loader`` in eval mode and return the batched outputs, moved to the CPU.
 
-    A batch may be the inputs alone, ``(inputs, targets)`` or a dict with an image/input key. ``device``
-    (default: the model's device) is checked by :func:`~trainkit.utils.resolve_device`; the model's
-    previous train/eval mode is restored afterwards. A model that returns a dict or a tuple of tensors
-    gives its main output (:mod:`trainkit.utils.outputs`; ``main`` names a dict's entry).
+    ``list(predict_iter(...))``, for sets whose outputs fit in memory; :func:`predict_iter` streams them.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -267,22 +266,64 @@ def predict(
         >>> [o.shape[0] for o in outs]
         [3, 2]
     """
+    outputs = predict_iter(
+        model, loader, device=device, precision=precision, batch_transform=batch_transform, step_fn=step_fn,
+        main=main, postprocess=postprocess,
+    )  # fmt: skip
+    return list(outputs)
+
+
+def predict_iter(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    device: torch.device | str | None = None,
+    precision: MixedPrecision | None = None,
+    batch_transform: Callable[[Any], Any] | None = None,
+    step_fn: StepFn | None = None,
+    main: str | None = None,
+    postprocess: Callable[[torch.Tensor], Any] | None = None,
+) -> Iterator[Any]:
+    """Yield ``model``'s output for each batch of ``loader`` as it is computed, moved to the CPU.
+
+    Nothing is kept between batches: memory stays flat over a loader of any length. A batch may be the
+    inputs alone, ``(inputs, targets)`` (``(images, paths)`` of :class:`~trainkit.data.ImageDataset`) or a
+    dict with an image/input key. ``device`` defaults to the model's. A dict or tuple output gives its main
+    output (:mod:`trainkit.utils.outputs`; ``main`` names a dict's entry); ``postprocess`` then runs on the
+    device, e.g. :func:`trainkit.inference.to_class_ids` (an int64 mask crosses instead of ``K`` float maps).
+    The model is in eval mode until the generator ends or is closed; each batch runs under
+    ``torch.inference_mode()``, the caller's code between batches does not.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 3)
+        >>> outputs = predict_iter(model, [torch.randn(5, 4)], postprocess=lambda logits: logits.argmax(1))
+        >>> [tuple(ids.shape) for ids in outputs]
+        [(5,)]
+    """
     device = resolve_device(device) if device is not None else _model_device(model)
     precision = precision or MixedPrecision(False, device)
-    outputs: list[Any] = []
     was_training = _is_training(model)
     model.eval()
     try:
-        with torch.inference_mode():
-            for i, (n, batch) in enumerate(device_batches(loader, device, transform=batch_transform)):
+        batches = device_batches(loader, device, transform=batch_transform)
+        for i in itertools.count():
+            with torch.inference_mode():  # entered per batch: the caller's code between batches runs as usual
+                item = next(batches, None)
+                if item is None:
+                    return
+                n, batch = item
                 with explain_errors(batch_size=n, where=f"prediction (batch {i})"), precision.autocast():
                     out = step_fn(batch) if step_fn is not None else model(_inputs_of(batch))
                 if type(out) is not torch.Tensor and _has_main_output(out):
                     out = main_output(out, main)
-                outputs.append(move_to_device(out, torch.device("cpu"), non_blocking=False))
+                if postprocess is not None:
+                    out = postprocess(out)
+                out = move_to_device(out, torch.device("cpu"), non_blocking=False)
+                del item, batch
+            yield out
+            del out  # the caller holds the only reference to this batch's output
     finally:
         model.train(was_training)
-    return outputs
 
 
 def _warn_nonfinite(count: int, first: torch.Tensor | None) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from trainkit.engine.distributed import DistributedContext, local_device
 from trainkit.engine.interrupts import GracefulInterrupt
 from trainkit.engine.loaders import TrainLoader, prepare_eval_loader
 from trainkit.engine.loop_state import LoopState
-from trainkit.engine.loops import evaluate, predict
+from trainkit.engine.loops import evaluate, predict, predict_iter
 from trainkit.engine.lr_finder import LRFinderResult, lr_find
 from trainkit.engine.precision import MixedPrecision
 from trainkit.engine.progress import Progress
@@ -415,6 +415,27 @@ class Trainer:
             precision=self.precision,
             batch_transform=self.batch_transform,
             main=output_key(self.loss_fn),
+        )
+
+    def predict_iter(
+        self, loader: Iterable[Any], *, postprocess: Callable[[torch.Tensor], Any] | None = None
+    ) -> Iterator[Any]:
+        """The model's output for each batch of ``loader``, yielded on the CPU as it comes (memory stays flat).
+
+        Example:
+            >>> model = torch.nn.Linear(2, 3)
+            >>> t = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), device="cpu")
+            >>> [tuple(ids.shape) for ids in t.predict_iter([torch.randn(4, 2)] * 2, postprocess=lambda y: y.argmax(1))]
+            [(4,), (4,)]
+        """
+        return predict_iter(
+            self.module,
+            loader,
+            device=self.device,
+            precision=self.precision,
+            batch_transform=self.batch_transform,
+            main=output_key(self.loss_fn),
+            postprocess=postprocess,
         )
 
     def lr_find(
