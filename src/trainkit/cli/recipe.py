@@ -175,10 +175,10 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
         color_map=color_map,
         target=recipe.target,
     )
-    train_loader, val_loader = _loaders(recipe, color_map)
     torch.manual_seed(recipe.seed)
-    model = spec.model.build()  # pretrained weights, when asked, from the cache
+    model = spec.model.build()  # pretrained weights, when asked, from the cache; refused before the data is read
     _check_size(model, spec)
+    train_loader, val_loader = _loaders(recipe, color_map)
     if recipe.encoder_lr is not None:
         params: Any = param_groups(model, lr=recipe.lr, encoder_lr=recipe.encoder_lr)
     else:
