@@ -96,12 +96,15 @@ def write_predictions(
     Example:
         >>> write_predictions(model, val_loader, Path("p.png"), spec, torch.device("cpu"))  # doctest: +SKIP
     """
+    from trainkit.cli.predict import class_ids
     from trainkit.utils.outputs import main_output
     from trainkit.utils.plots import plot_predictions
 
     images, masks = next(iter(loader))
     images, masks = images[:rows], masks[:rows]
     with torch.inference_mode():
-        preds = main_output(model(normalizer(spec)(images.to(device)))).argmax(1).cpu()
+        preds = class_ids(main_output(model(normalizer(spec)(images.to(device))))).cpu()
     names = spec.class_names or None
-    return plot_predictions(images, masks, preds, path, num_classes=spec.num_classes, max_rows=rows, class_names=names)
+    return plot_predictions(
+        images, masks, preds, path, num_classes=max(2, spec.num_classes), max_rows=rows, class_names=names
+    )

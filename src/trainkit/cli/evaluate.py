@@ -17,7 +17,13 @@ __all__ = ["Evaluation", "evaluate_folder"]
 
 
 class Evaluation(NamedTuple):
-    """What :func:`evaluate_folder` measured: mean scores, per-class ones, and how."""
+    """What :func:`evaluate_folder` measured: mean scores, per-class ones, and how.
+
+    Example:
+        >>> result = Evaluation({"miou": 0.5}, {"iou": [1.0, 0.0]}, ["bg", "cat"], images=2, size=(8, 8))
+        >>> result.scores["miou"], result.per_class["iou"][1]
+        (0.5, 0.0)
+    """
 
     scores: dict[str, float]
     per_class: dict[str, list[float]]
@@ -88,18 +94,13 @@ def evaluate_folder(
         transforms=eval_preset(size, normalize=False),
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    iou, dice = (
-        MeanIoU(spec.num_classes, ignore_index=spec.ignore_index),
-        Dice(spec.num_classes, ignore_index=spec.ignore_index),
-    )
-    metrics = {
-        "miou": iou,
-        "dice": dice,
-        "pixel_accuracy": PixelAccuracy(spec.num_classes, ignore_index=spec.ignore_index),
-    }
+    classes = max(2, spec.num_classes)  # one binary logit: background and foreground
+    iou, dice = MeanIoU(classes, ignore_index=spec.ignore_index), Dice(classes, ignore_index=spec.ignore_index)
+    accuracy = PixelAccuracy(classes, ignore_index=spec.ignore_index)
+    metrics = {"miou": iou, "dice": dice, "pixel_accuracy": accuracy}
     scores = evaluate(model, loader, metrics=metrics, device=dev, batch_transform=normalizer(spec))
     per_class = {"iou": iou.per_class().tolist(), "dice": dice.per_class().tolist()}
-    names = spec.class_names or [f"class {i}" for i in range(spec.num_classes)]
+    names = spec.class_names if len(spec.class_names) == classes else [f"class {i}" for i in range(classes)]
     return Evaluation(scores, per_class, names, len(dataset), (int(size[0]), int(size[1])))  # type: ignore[index]
 
 

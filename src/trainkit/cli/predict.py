@@ -20,7 +20,7 @@ import torch
 
 from trainkit.cli.recipe import load_model, normalizer
 
-__all__ = ["PredictResult", "predict_folder"]
+__all__ = ["PredictResult", "class_ids", "predict_folder"]
 
 OVERLAYS = "overlays"  # the subfolder of `out` the overlays go to, `<stem>.png` like the masks
 
@@ -96,7 +96,7 @@ def predict_folder(
             continue
         batch = torch.stack([_resize(img, size) for _, img in chunk]).to(dev)
         with torch.inference_mode():
-            labels = main_output(model(normalize(batch))).argmax(1).cpu()
+            labels = class_ids(main_output(model(normalize(batch)))).cpu()
         for (path, img), label in zip(chunk, labels, strict=True):
             mask = _resize_mask(label, (img.shape[-2], img.shape[-1]))
             pil = Image.fromarray(mask.numpy().astype(np.uint8))  # "L", becomes "P" with the palette
@@ -106,6 +106,18 @@ def predict_folder(
                 painted = _overlay(img, mask, colours)
                 result.overlays.append(_save_png(painted, folders[1] / f"{path.stem}.png", result, len(files)))
     return result
+
+
+def class_ids(logits: torch.Tensor) -> torch.Tensor:
+    """The class id of each pixel: the largest of ``[N, C, H, W]`` logits, or ``logit > 0`` for one channel.
+
+    Example:
+        >>> class_ids(torch.tensor([[[[0.5, -1.0]], [[2.0, -3.0]]]])).tolist()
+        [[[1, 0]]]
+        >>> class_ids(torch.tensor([[[[0.5, -1.0]]]])).tolist()  # one binary logit
+        [[[1, 0]]]
+    """
+    return logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
 
 
 def _output_folders(images: Path, out: Path, overlays: bool) -> list[Path]:

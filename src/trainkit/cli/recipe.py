@@ -89,9 +89,14 @@ def load_model(
         ValueError: it names a registered model that this process has not registered (``--import`` it).
 
     Example:
-        >>> model, spec = load_model("runs/demo/checkpoints/best.pt")  # doctest: +SKIP
-        >>> spec.preprocessing.size  # doctest: +SKIP
-        (64, 64)
+        >>> import tempfile
+        >>> from trainkit.engine.checkpoint import save_checkpoint
+        >>> from trainkit.models import CheckpointSpec, ModelSpec, Preprocessing
+        >>> spec = CheckpointSpec(ModelSpec("unet", 2, options={"base_channels": 4, "depth": 2}), Preprocessing(32))
+        >>> state = {"model": spec.model.build().state_dict(), "extra": {"spec": spec.to_dict()}}
+        >>> model, read = load_model(save_checkpoint(tempfile.mkdtemp() + "/best.pt", state))
+        >>> type(model).__name__, read.preprocessing.size
+        ('UNet', (32, 32))
     """
     from trainkit.engine.checkpoint import load_checkpoint, load_model_state
     from trainkit.models import CheckpointSpec
