@@ -31,7 +31,7 @@ from trainkit.engine import (
 from trainkit.utils.seed import seed_everything
 
 _LAZY_MODULES = ("callbacks", "cli", "data", "inference", "losses", "metrics", "models", "utils")
-_LAZY_FUNCTIONS = {"summary": "trainkit.utils.summary"}
+_LAZY_FUNCTIONS = {"summary": "trainkit.utils.summary", "export": "trainkit._export"}
 
 __all__ = [
     "MixedPrecision",
@@ -43,6 +43,7 @@ __all__ = [
     "data",
     "errors",
     "evaluate",
+    "export",
     "inference",
     "load_checkpoint",
     "losses",
@@ -59,6 +60,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from trainkit import callbacks, data, inference, losses, metrics, models, utils
+    from trainkit._export import export
     from trainkit.utils.summary import summary
 
 

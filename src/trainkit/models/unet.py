@@ -27,7 +27,9 @@ class UNet(nn.Module):
     has the input's height and width.
 
     Any input of at least ``2**depth`` pixels a side works: when H or W is not a multiple of ``2**depth``,
-    pooling rounds down and each upsampled map is zero-padded to its skip connection's size.
+    pooling rounds down and each upsampled map is zero-padded to its skip connection's size. The padding is
+    computed from the sizes without branching, so ``torch.export`` with a dynamic height and width (and
+    :func:`trainkit.export`) gives one graph for every size.
 
     Args:
         in_channels: Channels of the input images (3 for RGB, 1 for grayscale).
@@ -96,10 +98,11 @@ class UNet(nn.Module):
         for up, block in zip(self.up, self.decoder, strict=True):
             skip = skips.pop()
             x = up(x)
-            # Pooling rounded odd sizes down: pad the upsampled map (left/top half, right/bottom the rest).
+            # Pooling rounded odd sizes down: pad the upsampled map (left/top half, right/bottom the rest). The
+            # pad is applied even when it is zero: with no branch on the sizes, `torch.export` with a dynamic
+            # height and width records the pad as arithmetic on the sizes instead of a guard on their parity.
             dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
-            if dh or dw:
-                x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
+            x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
             x = block(torch.cat([skip, x], dim=1))
         return self.head(x)
 
