@@ -349,14 +349,20 @@ class _Stitcher:
                 f"the model returned {tuple(out.shape)} for {len(chunk)} windows after returning "
                 f"{('windows', *self.shape)} for the first ones; every window must give the same output size"
             )
-        tiles = torch.stack([self.weights.tile(iy, ix) for _, iy, ix in chunk])[:, None]
-        weighted = (out.float() * tiles).to(self.output.device, self.output.dtype)
+        same_device = out.device == self.output.device
+        if not same_device:  # weigh where the windows are, then copy the batch once
+            tiles = torch.stack([self.weights.tile(iy, ix) for _, iy, ix in chunk])[:, None]
+            out = (out.float() * tiles).to(self.output.device, self.output.dtype)
         height, width = self.shape[1:]
         out_h, out_w = self.output.shape[-2:]
         for k, (n, iy, ix) in enumerate(chunk):
             y, x = self.offsets[0][iy], self.offsets[1][ix]
-            piece = weighted[k, :, max(-y, 0) : out_h - y, max(-x, 0) : out_w - x]
-            self.output[n, :, max(y, 0) : y + height, max(x, 0) : x + width] += piece
+            rows, cols = slice(max(-y, 0), out_h - y), slice(max(-x, 0), out_w - x)  # the window's part in the image
+            target = self.output[n, :, max(y, 0) : y + height, max(x, 0) : x + width]
+            if same_device:  # output += window * weights in one pass, no temporary
+                target.addcmul_(out[k, :, rows, cols], self.weights.tile(iy, ix)[rows, cols])
+            else:
+                target += out[k, :, rows, cols]
 
 
 def _model_device(model: Any) -> torch.device | None:
