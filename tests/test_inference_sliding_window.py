@@ -252,3 +252,5 @@ def test_bad_images_and_outputs_say_what_was_expected() -> None:
         sliding_window(nn.Identity(), torch.rand(1, 3, 5, 40), window=16, padding_mode="reflect")
     with pytest.raises(TypeError, match=r"unknown options \['windows'\]"):
         SlidingWindow(nn.Identity(), window=16, windows=3)
+    with pytest.raises(ValueError, match=r"`blend` must be one of \('constant', 'gaussian'\), got 'linear'"):
+        blend_weights(8, "linear")

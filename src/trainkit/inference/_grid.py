@@ -14,6 +14,7 @@ Windows with the same neighbourhood share that tile, so only a handful are ever 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -95,24 +96,24 @@ class NormalisedWeights:
         self.starts = (starts_y, starts_x)
         self.margin = margin
         self._tiles: dict[tuple[object, ...], torch.Tensor] = {}
+        self._masked: dict[tuple[bool, ...], torch.Tensor] = {}
 
     def tile(self, iy: int, ix: int) -> torch.Tensor:
         """The ``[h, w]`` weights of window ``(iy, ix)`` of the grid, normalised over all its neighbours."""
         rows, cols = self._neighbours(0, iy), self._neighbours(1, ix)
-        key = (rows, cols, self._ends(0, iy), self._ends(1, ix))
+        ends_y, ends_x = self._ends(0, iy), self._ends(1, ix)
+        key = (rows, cols, ends_y, ends_x)
         tile = self._tiles.get(key)
         if tile is None:
             height, width = self.base.shape
             total = torch.zeros_like(self.base)
-            for dy, *ends_y in rows:
-                mask_y = self._mask(height, *ends_y)
-                for dx, *ends_x in cols:
-                    weight = self.base * mask_y[:, None] * self._mask(width, *ends_x)[None, :]
-                    # Window j's pixel (a + dy, b + dx) is window i's pixel (a, b), where both windows are.
-                    total[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] += weight[
-                        max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)
-                    ]
-            own = self.base * self._mask(height, *key[2])[:, None] * self._mask(width, *key[3])[None, :]
+            for (dy, *neighbour_y), (dx, *neighbour_x) in itertools.product(rows, cols):
+                weight = self._weights(*neighbour_y, *neighbour_x)
+                # Window j's pixel (a - dy, b - dx) is window i's pixel (a, b), where both windows are.
+                total[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] += weight[
+                    max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)
+                ]
+            own = self._weights(*ends_y, *ends_x)
             tile = self._tiles[key] = own / total.clamp_(min=torch.finfo(total.dtype).tiny)
         return tile
 
@@ -126,14 +127,24 @@ class NormalisedWeights:
         )
 
     def _ends(self, axis: int, i: int) -> tuple[bool, bool]:
+        """Whether window ``i`` is the first / last of its axis: its margin is kept there (no flags without one)."""
+        if not self.margin:
+            return False, False
         return i == 0, i == len(self.starts[axis]) - 1
 
-    def _mask(self, length: int, first: bool, last: bool) -> torch.Tensor:
-        """Ones, with ``margin`` zeros on each side that faces another window (not at the image's border)."""
-        mask = torch.ones(length, device=self.base.device)
-        if self.margin:
-            if not first:
-                mask[: self.margin] = 0
-            if not last:
-                mask[length - self.margin :] = 0
-        return mask
+    def _weights(self, first_y: bool, last_y: bool, first_x: bool, last_x: bool) -> torch.Tensor:
+        """The base weights with the margin zeroed on the sides that face another window (at most 16 kinds)."""
+        key = (first_y, last_y, first_x, last_x)
+        if key not in self._masked:
+            weights = self.base.clone()
+            m = self.margin
+            if m and not first_y:
+                weights[:m] = 0
+            if m and not last_y:
+                weights[-m:] = 0
+            if m and not first_x:
+                weights[:, :m] = 0
+            if m and not last_x:
+                weights[:, -m:] = 0
+            self._masked[key] = weights
+        return self._masked[key]
