@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from trainkit._export_diagnosis import dynamic_problem, failing_layer, first_line, onnx_failure, trace_failure
-from trainkit.errors import CheckpointError, TrainkitError
+from trainkit.errors import CheckpointError, ExportError
 from trainkit.utils.outputs import main_output
 
 if TYPE_CHECKING:
@@ -41,15 +41,6 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 _EXTRA_HINT = "ONNX export needs the `export` extra: `pip install 'trainkit[export]'` (onnx, onnxruntime, onnxscript)"
 _EXTERNAL_DATA_BYTES = 1 << 30  # weights past 1 GiB go to a `.data` file beside the .onnx (protobuf stops at 2 GiB)
-
-
-class ExportError(TrainkitError, RuntimeError):
-    """A model could not be exported, or its export does not compute what the PyTorch model computes.
-
-    Example:
-        >>> issubclass(ExportError, RuntimeError)
-        True
-    """
 
 
 @dataclass(frozen=True)

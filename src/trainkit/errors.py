@@ -12,6 +12,7 @@ Hierarchy::
     │   ├── DecodeError                   unreadable, truncated or unsupported file
     │   └── MaskValueError                mask values outside the declared classes / colours
     ├── CheckpointError (RuntimeError)    a checkpoint cannot be written, read or applied
+    ├── ExportError (RuntimeError)        a model cannot be exported, or its export computes otherwise
     └── TrainingError (RuntimeError)      a training step failed for a known, fixable reason
         └── NonFiniteLossError            the loss became NaN or infinite
 
@@ -30,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "DecodeError",
+    "ExportError",
     "MaskValueError",
     "NonFiniteLossError",
     "PairingError",
@@ -99,6 +101,15 @@ class CheckpointError(TrainkitError, RuntimeError):
         Traceback (most recent call last):
         ...
         trainkit.errors.CheckpointError: runs/x/last.pt is truncated: re-save it or pick another checkpoint
+    """
+
+
+class ExportError(TrainkitError, RuntimeError):
+    """A model could not be exported, or its export does not compute what the PyTorch model computes.
+
+    Example:
+        >>> issubclass(ExportError, RuntimeError)
+        True
     """
 
 
