@@ -229,6 +229,7 @@ def test_the_module_form_predicts_like_the_function_and_keeps_the_model_device()
         ({"output_dtype": torch.int64}, ValueError, "`output_dtype` must be a floating-point"),
         ({"amp": "fp8"}, ValueError, "is not a precision mode"),
         ({"transform": 3}, TypeError, "`transform` must be callable"),
+        ({"output_device": "gpu"}, ValueError, r"`device='gpu'` is not a device PyTorch knows; use 'auto', 'cpu'"),
     ],
 )
 def test_bad_options_say_what_is_allowed(options: dict[str, Any], error: type[Exception], match: str) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from trainkit.engine.precision import MixedPrecision
 from trainkit.inference._grid import Axis, NormalisedWeights, axis_grid, blend_map
+from trainkit.utils.device import resolve_device
 from trainkit.utils.outputs import main_output
 
 __all__ = ["BLENDS", "PADDING_MODES", "SlidingWindow", "blend_weights", "sliding_window"]
@@ -223,7 +224,7 @@ def _settings(*, window: Any, overlap: Any, margin: Any, sw_batch_size: Any, **r
     amp = rest["amp"]
     if not isinstance(amp, (MixedPrecision, str, bool)) and amp is not None:
         raise TypeError(f"`amp` must be a `MixedPrecision` or a mode ('auto', 'bf16', 'fp16', False), got {amp!r}")
-    devices = {k: None if rest[k] is None else torch.device(rest[k]) for k in ("device", "output_device")}
+    devices = {k: None if rest[k] is None else resolve_device(rest[k]) for k in ("device", "output_device")}
     return _Settings(
         window=size, stride=stride, margin=int(margin), sw_batch_size=int(sw_batch_size),
         **{**rest, **devices, "amp": False if amp is None else amp},
