@@ -6,7 +6,8 @@
     python benchmarks/inference.py --big 10000              # also the 10,000² image, output on the CPU
     python benchmarks/inference.py --device cuda --size 4096 --big 10000 --monai-big
 
-Comparison: ``UNet(3, 2, base_channels=16, depth=3)`` in eval mode, a float32 ``[1, 3, S, S]`` image, windows of
+Comparison: ``UNet(3, 2, base_channels=16, depth=3)`` (``--model light``: two 3x3 convolutions, where the
+stitching's own cost shows) in eval mode, a float32 ``[1, 3, S, S]`` image, windows of
 256 with overlap 0.25, 4 windows a forward pass, constant and Gaussian blending, everything under
 ``torch.inference_mode()``; the two outputs are compared (max absolute difference). Runs are interleaved
 (MONAI, trainkit, MONAI, ...) after one warm-up each, so drifts in machine load hit both alike; the table
@@ -48,6 +49,7 @@ from trainkit.inference import sliding_window
 from trainkit.models import UNet
 
 MIB = 2**20
+MODELS = {"unet": "UNet(3, 2, base_channels=16, depth=3)", "light": "Conv(3, 8, 3x3), ReLU, Conv(8, 2, 3x3)"}
 # In the processes that measure memory, every allocation of 64 KiB or more is its own mapping, returned to the
 # system when freed, so the resident size follows the live tensors instead of what malloc keeps for reuse.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -89,7 +91,7 @@ def _monai() -> Any:
 def _contender(name: str, blend: str, args: argparse.Namespace, device: torch.device) -> Callable[[], torch.Tensor]:
     """The comparison's call of ``name`` (``"trainkit"`` or ``"monai"``) on its model and image, built here."""
     torch.manual_seed(0)
-    model = UNet(3, 2, base_channels=16, depth=3).to(device).eval()
+    model = (UNet(3, 2, base_channels=16, depth=3) if args.model == "unet" else _light()).to(device).eval()
     image = torch.rand(1, 3, args.size, args.size, device=device)
     if name == "monai":
         monai = _monai()
@@ -99,10 +101,15 @@ def _contender(name: str, blend: str, args: argparse.Namespace, device: torch.de
     )
 
 
+def _light() -> nn.Module:
+    """Two 3x3 convolutions, 3 -> 8 -> 2 channels: cheap enough for the stitching's own cost to show."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 3, padding=1))
+
+
 def _big_contender(name: str, args: argparse.Namespace, device: torch.device) -> Callable[[], torch.Tensor]:
     """The big image's call: uint8 on the CPU, normalised per window batch (MONAI: a float32 copy made first)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 3, padding=1)).to(device).eval()
+    model = _light().to(device).eval()
     normalize = BatchNormalize()
     image = torch.randint(0, 256, (1, 3, args.big, args.big), dtype=torch.uint8)  # 3 bytes a pixel
     if name == "window batch":  # one forward pass of a window batch: the "few windows" of the bound
@@ -186,6 +193,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=1024, help="side of the comparison image")
     parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--model", choices=("unet", "light"), default="unet", help="light: two 3x3 convolutions")
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--sw-batch-size", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
@@ -202,7 +210,7 @@ def main() -> None:
         return
     argv = [
         f"--{k}={getattr(args, k.replace('-', '_'))}"
-        for k in ("device", "size", "window", "overlap", "sw-batch-size", "threads", "big")
+        for k in ("device", "size", "window", "model", "overlap", "sw-batch-size", "threads", "big")
     ]
     device = torch.device(args.device)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -214,7 +222,7 @@ def main() -> None:
     rows = compare(args, device, argv)
     print(
         f"\n{args.size}x{args.size} image, window {args.window}, overlap {args.overlap}, sw_batch_size "
-        f"{args.sw_batch_size}, UNet(3, 2, base_channels=16, depth=3); MP/s and CPU s: medians of {args.runs} "
+        f"{args.sw_batch_size}, {MODELS[args.model]}; MP/s and CPU s: medians of {args.runs} "
         "interleaved runs; peak: one run in a fresh process"
     )
     print(
