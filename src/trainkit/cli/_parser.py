@@ -1,0 +1,150 @@
+"""The ``trainkit`` command's argument parser: one subcommand each, every option checked when it is read.
+
+The types of :mod:`trainkit.cli._argument_types` refuse a bad value in one line (exit status 2); the
+combinations of options that argparse cannot check are refused by the command's handler in ``main.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from trainkit.cli import _argument_types as types
+from trainkit.cli import _model_flags as model_flags
+
+__all__ = ["build_parser"]
+
+_EXAMPLES = {
+    "demo": "example: trainkit demo --run-dir runs/demo --epochs 28",
+    "train": "example: trainkit train --images PennFudanPed/PNGImages --masks PennFudanPed/PedMasks "
+    "--mask-suffix _mask --target binary --size 256 --epochs 30 (or --model smp:Unet --encoder resnet34 "
+    "--encoder-weights imagenet --encoder-lr 1e-4; see docs/models.md)",
+    "predict": "example: trainkit predict --checkpoint runs/train/checkpoints/best.pt --images photos --out masks",
+    "evaluate": "example: trainkit evaluate --checkpoint runs/train/checkpoints/best.pt --images test/images "
+    "--masks test/masks --mask-suffix _mask",
+    "check": "example: trainkit check --images data/train --masks data/train_masks --mask-suffix _mask --num-classes 2",
+    "synth": "example: trainkit synth data/shapes --n 200 --size 64",
+    "summary": "example: trainkit summary runs/demo/checkpoints/best.pt",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (plus where to get help), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``trainkit`` command.
+
+    Example:
+        >>> build_parser().parse_args(["synth", "out", "--n", "4"]).n
+        4
+    """
+    parser = _Parser(
+        prog="trainkit",
+        description="Segmentation training for PyTorch.",
+        epilog="Run `trainkit demo` first: it trains a UNet on synthetic shapes offline.",
+    )
+    from trainkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"trainkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_EXAMPLES[name],
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+
+    demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, about 3 minutes on 2 CPU cores)")
+    demo.add_argument("--run-dir", default="runs/demo", help="where data, checkpoints, metrics and plots go")
+    demo.add_argument("--epochs", type=types.positive_int, default=28, help="training epochs")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    demo.add_argument("--n", type=types.positive_int, default=480, help="number of synthetic images")
+    demo.add_argument("--size", type=types.shapes_size, default=64, help="image size in pixels (at least 16)")
+    demo.add_argument("--no-progress", action="store_true", help="one line an epoch instead of progress bars")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --run-dir")
+
+    train = command("train", "train a segmentation model on your own folders of images and masks")
+    train.add_argument("--images", required=True, help="folder of images")
+    train.add_argument("--masks", required=True, help="folder of masks")
+    train.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
+    train.add_argument("--target", choices=("semantic", "binary"), default="semantic", help="mask meaning")
+    train.add_argument("--num-classes", type=types.num_classes, help="classes incl. background (semantic), 2 to 255")
+    train.add_argument("--color-map", help="class_dict.csv (name,r,g,b) for colour-coded masks")
+    train.add_argument("--val-split", type=types.fraction, help="held-out fraction, in [0, 1) (default 0.2)")
+    train.add_argument("--val-images", help="validate on this folder of images instead of a --val-split")
+    train.add_argument("--val-masks", help="the masks of --val-images")
+    train.add_argument("--size", type=types.size, default=(256, 256), help="training size N or HxW")
+    train.add_argument("--epochs", type=types.positive_int, default=20)
+    train.add_argument("--batch-size", type=types.positive_int, default=8)
+    train.add_argument("--lr", type=types.positive_float, default=1e-3, help="peak learning rate (warm-up, cosine)")
+    train.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
+    train.add_argument("--run-dir", default="runs/train")
+    train.add_argument("--resume", help="checkpoint path, or 'last' for <run-dir>/checkpoints/last.pt")
+    train.add_argument("--overwrite", action="store_true", help="replace the run --run-dir holds (without --resume)")
+    train.add_argument("--device", default="auto")
+    model = train.add_argument_group("model (docs/models.md)")
+    model.add_argument("--model", default="unet", help="unet, torchvision:<builder> (e.g. "
+                       "torchvision:deeplabv3_mobilenet_v3_large), smp:<Arch> (e.g. smp:Unet)")  # fmt: skip
+    model.add_argument("--encoder", help="smp encoder, e.g. resnet34, efficientnet-b0, tu-convnext_tiny (timm)")
+    model.add_argument("--encoder-weights", help="pretrained encoder from the cache: smp 'imagenet', torchvision "
+                       "backbone 'DEFAULT'; never downloaded")  # fmt: skip
+    model.add_argument("--weights", help="torchvision whole-model weights from the cache, e.g. DEFAULT (new head)")
+    model.add_argument("--model-option", action="append", default=[], type=types.model_option, metavar="KEY=VALUE",
+                       help="another builder option, repeatable, e.g. encoder_depth=3 or aux_loss=True")  # fmt: skip
+    model.add_argument("--encoder-lr", type=types.positive_float, help="learning rate of the encoder (default --lr)")
+    model.add_argument("--freeze-encoder", type=types.non_negative_int, default=0, metavar="EPOCHS",
+                       help="keep the encoder frozen for the first EPOCHS epochs")  # fmt: skip
+    model.add_argument("--base-channels", type=types.positive_int, help="UNet width (default 32)")
+    model.add_argument("--depth", type=types.positive_int, help="UNet down-samplings (default 4); --size >= 2**depth")
+    model_flags.import_option(model)
+    train.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
+    train.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
+    train.add_argument("--no-progress", action="store_true")
+
+    predict = command("predict", "write one palette mask PNG per image with a trained checkpoint")
+    predict.add_argument("--checkpoint", required=True, help="a checkpoint from `trainkit train` or `demo`")
+    predict.add_argument("--images", required=True, help="folder of images")
+    predict.add_argument("--out", required=True, help="output folder (created), not the --images folder")
+    predict.add_argument("--overlays", action="store_true", help="also write overlays/<stem>.png (mask on image)")
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--batch-size", type=types.positive_int, default=8)
+    model_flags.import_option(predict)
+
+    evaluate = command("evaluate", "score a checkpoint on a labelled folder (mIoU, Dice, accuracy, per class)")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint that records its spec (trainkit train)")
+    evaluate.add_argument("--images", required=True, help="folder of images")
+    evaluate.add_argument("--masks", required=True, help="folder of masks, read as in training")
+    evaluate.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--batch-size", type=types.positive_int, default=8)
+    evaluate.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
+    model_flags.import_option(evaluate)
+
+    check = command("check", "validate a dataset folder without training; exit status 1 on errors")
+    check.add_argument("--images", required=True)
+    check.add_argument("--masks", required=True)
+    check.add_argument("--mask-suffix", default="")
+    check.add_argument("--num-classes", type=types.num_classes, help="2 to 255")
+    check.add_argument("--color-map", help="class_dict.csv for colour-coded masks")
+    check.add_argument("--channels", type=types.channels, default=3, help="1, 3 or 4")
+    check.add_argument("--recursive", action="store_true")
+
+    synth = command("synth", "write the synthetic shapes dataset (Penn-Fudan layout)")
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--n", type=types.positive_int, default=200)
+    synth.add_argument("--size", type=types.shapes_size, default=64, help="at least 16")
+    synth.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
+
+    summary = command("summary", "print the layer table of a checkpoint's model")
+    summary.add_argument("checkpoint", help="a checkpoint from `trainkit train` or `demo`")
+    summary.add_argument("--depth", type=types.positive_int, default=3, help="module nesting depth shown")
+    model_flags.import_option(summary)
+    return parser
