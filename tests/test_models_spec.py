@@ -43,7 +43,21 @@ def test_a_checkpoint_written_by_the_recipe_of_trainkit_0_1_keeps_loading() -> N
     assert spec.model == ModelSpec("unet", num_classes=4, options={"base_channels": 4, "depth": 2})
     assert spec.preprocessing.size == (32, 32) and spec.preprocessing.scale == pytest.approx(1 / 255)
     assert spec.target == "semantic" and spec.class_names == [] and spec.color_map is None
+    assert spec.mask_suffix == "_mask"  # from the arguments the recipe recorded
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4, 32, 32)
+
+
+def test_the_mask_suffix_is_recorded_and_read_from_the_recipe_of_specs_written_before_it() -> None:
+    spec = CheckpointSpec(TINY_UNET, Preprocessing(32), mask_suffix="_mask")
+    assert spec.to_dict()["classes"]["mask_suffix"] == "_mask"
+    assert CheckpointSpec.from_dict(spec.to_dict()) == spec
+    before = CheckpointSpec(TINY_UNET, Preprocessing(32)).to_dict()
+    del before["classes"]["mask_suffix"]  # a spec written before the field existed, beside the recipe's arguments
+    recipe = {"train": {"mask_suffix": "_label"}}
+    assert CheckpointSpec.from_checkpoint({"extra": {"spec": before, "recipe": recipe}}).mask_suffix == "_label"
+    assert CheckpointSpec.from_checkpoint({"extra": {"spec": before}}).mask_suffix == ""
+    recorded = CheckpointSpec(TINY_UNET, Preprocessing(32)).to_dict()  # recorded as "": the recipe is not read
+    assert CheckpointSpec.from_checkpoint({"extra": {"spec": recorded, "recipe": recipe}}).mask_suffix == ""
 
 
 def test_a_checkpoint_without_a_spec_says_how_to_record_one() -> None:
@@ -79,6 +93,8 @@ def test_weights_that_do_not_fit_the_rebuilt_model_name_the_builder() -> None:
          r"3 class names for a model of 2 classes; give one name per class id \(or none\)"),
         (lambda: CheckpointSpec(TINY_UNET, Preprocessing(8), target="instance"),
          r"`target` must be 'semantic' or 'binary', got 'instance'"),
+        (lambda: CheckpointSpec(TINY_UNET, Preprocessing(8), mask_suffix="/../x"),
+         r"`mask_suffix` must be a file-name part such as '_mask' \(no path separator\), got '/\.\./x'"),
     ],
 )  # fmt: skip
 def test_spec_arguments_are_checked(make: object, expected: str) -> None:

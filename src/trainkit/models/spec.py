@@ -8,7 +8,8 @@ Stored as plain data under ``checkpoint["extra"]["spec"]`` (``trainer.extra_stat
      "preprocessing": {"size": [256, 256], "scale": 0.00392156862745098,   # 1/255: uint8 -> [0, 1]
                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
      "classes": {"names": ["background", "car"], "target": "semantic", "ignore_index": 255,
-                 "color_map": [[0, 0, 0, 0], [255, 0, 0, 1]]}}        # [r, g, b, class id] rows, or None
+                 "color_map": [[0, 0, 0, 0], [255, 0, 0, 1]],         # [r, g, b, class id] rows, or None
+                 "mask_suffix": "_mask"}}                             # mask stem = image stem + it
 
 ``trainkit train`` writes it; from Python it is one line,
 ``trainer.extra_state["spec"] = CheckpointSpec(spec, Preprocessing(size=256)).to_dict()``.
@@ -18,7 +19,7 @@ Checkpoints written by ``trainkit train`` before the spec existed (``extra["reci
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -89,6 +90,8 @@ class CheckpointSpec:
         color_map: ``{(r, g, b): class_id}`` of colour-coded masks (the map itself, not a path), or ``None``.
         target: ``"semantic"`` or ``"binary"``: how the training masks were read.
         ignore_index: the label that means "not scored".
+        mask_suffix: how the training masks were named: image stem + ``mask_suffix`` (``trainkit predict
+            --encoding training`` names its masks so).
 
     Example:
         >>> spec = CheckpointSpec(ModelSpec("unet", num_classes=2), Preprocessing(32), class_names=["bg", "cell"],
@@ -106,10 +109,15 @@ class CheckpointSpec:
     color_map: dict[tuple[int, int, int], int] | None = None
     target: str = "semantic"
     ignore_index: int = 255
+    mask_suffix: str = ""
 
     def __post_init__(self) -> None:
         if self.target not in ("semantic", "binary"):
             raise ValueError(f"`target` must be 'semantic' or 'binary', got {self.target!r}")
+        if not isinstance(self.mask_suffix, str) or any(sep in self.mask_suffix for sep in ("/", "\\", "\0")):
+            raise ValueError(
+                f"`mask_suffix` must be a file-name part such as '_mask' (no path separator), got {self.mask_suffix!r}"
+            )
         if self.class_names and len(self.class_names) != self.model.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names for a model of {self.model.num_classes} classes; give one "
@@ -162,6 +170,7 @@ class CheckpointSpec:
                 "target": self.target,
                 "ignore_index": self.ignore_index,
                 "color_map": color_map,
+                "mask_suffix": self.mask_suffix,
             },
         }
 
@@ -194,6 +203,7 @@ class CheckpointSpec:
                 color_map={(r, g, b): i for r, g, b, i in rows} if rows else None,
                 target=classes.get("target", "semantic"),
                 ignore_index=int(classes.get("ignore_index", 255)),
+                mask_suffix=str(classes.get("mask_suffix", "")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"the checkpoint's spec is damaged ({type(err).__name__}: {err}): {record}") from err
@@ -217,7 +227,11 @@ class CheckpointSpec:
             )
         extra = checkpoint.get("extra") or {}
         if SPEC_KEY in extra:
-            return cls.from_dict(extra[SPEC_KEY])
+            spec = cls.from_dict(extra[SPEC_KEY])
+            suffix = _recipe_mask_suffix(extra.get("recipe"))
+            if "mask_suffix" not in (extra[SPEC_KEY].get("classes") or {}) and suffix:  # written before the field
+                spec = replace(spec, mask_suffix=suffix)
+            return spec
         if extra.get("recipe"):
             return _from_recipe(extra["recipe"])
         raise CheckpointError(
@@ -272,7 +286,15 @@ def _from_recipe(recipe: Mapping[str, Any]) -> CheckpointSpec:
         preprocessing=_preprocessing(data),
         class_names=list(names),
         target=data.get("target", "semantic"),
+        mask_suffix=_recipe_mask_suffix(recipe),
     )
+
+
+def _recipe_mask_suffix(recipe: Any) -> str:
+    """The ``--mask-suffix`` that ``trainkit train`` recorded among its arguments (``extra["recipe"]["train"]``)."""
+    train = recipe.get("train") if isinstance(recipe, Mapping) else None
+    suffix = train.get("mask_suffix") if isinstance(train, Mapping) else None
+    return suffix if isinstance(suffix, str) and not any(sep in suffix for sep in ("/", "\\", "\0")) else ""
 
 
 def _preprocessing(data: Mapping[str, Any]) -> Preprocessing:
