@@ -17,6 +17,8 @@ __all__ = [
     "SHAPES_MIN_SIZE",
     "amp_mode",
     "channels",
+    "class_names",
+    "finite_float",
     "fraction",
     "integer",
     "model_option",
@@ -141,6 +143,50 @@ def fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
     return value
+
+
+def finite_float(low: float, *, inclusive: bool, example: str) -> Callable[[str], float]:
+    """A parser of finite numbers above ``low`` (``>= low`` when ``inclusive``), ``example`` shown in its error.
+
+    Example:
+        >>> finite_float(1, inclusive=False, example="4.0")("4")
+        4.0
+        >>> finite_float(1, inclusive=False, example="4.0")("1")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a finite number > 1 (e.g. 4.0), got '1'
+    """
+    allowed = f"a finite number {'>=' if inclusive else '>'} {low:g} (e.g. {example})"
+
+    def parse(text: str) -> float:
+        value = _finite(text, allowed)
+        if not (value >= low if inclusive else value > low):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
+
+    parse.__name__ = allowed
+    return parse
+
+
+def class_names(text: str) -> list[str]:
+    """Comma-separated class names, one per class id from 0: ``background,car,person``.
+
+    Example:
+        >>> class_names("background, car,person")
+        ['background', 'car', 'person']
+        >>> class_names("a,,b")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected comma-separated names, ... got an empty name in 'a,,b'
+    """
+    names = [name.strip() for name in text.split(",")]
+    allowed = "comma-separated names, one per class id from 0 (e.g. background,car)"
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected {allowed}, got an empty name in {text!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"expected {allowed}, each once; {', '.join(repeated)} repeated in {text!r}")
+    return names
 
 
 def size(text: str) -> tuple[int, int]:

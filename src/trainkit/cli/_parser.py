@@ -14,6 +14,10 @@ from trainkit.cli import _model_flags as model_flags
 
 __all__ = ["build_parser"]
 
+TARGETS = ("semantic", "binary", "instance")  # trainkit.data's targets (not imported: `--help` stays fast)
+COLOR_MAP_HELP = "class_dict.csv (name,r,g,b) or CVAT's labelmap.txt, for colour-coded masks"
+NO_EXIF_HELP = "read the stored pixels, not turned by the EXIF orientation tag as viewers show photos"
+
 _EXAMPLES = {
     "demo": "example: trainkit demo --run-dir runs/demo --epochs 28",
     "train": "example: trainkit train --images PennFudanPed/PNGImages --masks PennFudanPed/PedMasks "
@@ -22,7 +26,8 @@ _EXAMPLES = {
     "predict": "example: trainkit predict --checkpoint runs/train/checkpoints/best.pt --images photos --out masks",
     "evaluate": "example: trainkit evaluate --checkpoint runs/train/checkpoints/best.pt --images test/images "
     "--masks test/masks --mask-suffix _mask",
-    "check": "example: trainkit check --images data/train --masks data/train_masks --mask-suffix _mask --num-classes 2",
+    "check": "example: trainkit check --images data/train --masks data/train_masks --mask-suffix _mask --num-classes 2 "
+    "(0/255 masks: --target binary; COCO: --annotations instances.json)",
     "synth": "example: trainkit synth data/shapes --n 200 --size 64",
     "summary": "example: trainkit summary runs/demo/checkpoints/best.pt",
 }
@@ -77,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
     train.add_argument("--target", choices=("semantic", "binary"), default="semantic", help="mask meaning")
     train.add_argument("--num-classes", type=types.num_classes, help="classes incl. background (semantic), 2 to 255")
-    train.add_argument("--color-map", help="class_dict.csv (name,r,g,b) for colour-coded masks")
+    train.add_argument("--color-map", help=COLOR_MAP_HELP)
+    train.add_argument("--class-names", type=types.class_names, metavar="A,B,C", help="one name per class id from 0, "
+                       "recorded in the checkpoint (default: the --color-map's names)")  # fmt: skip
     train.add_argument("--val-split", type=types.fraction, help="held-out fraction, in [0, 1) (default 0.2)")
     train.add_argument("--val-images", help="validate on this folder of images instead of a --val-split")
     train.add_argument("--val-masks", help="the masks of --val-images")
@@ -116,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlays", action="store_true", help="also write overlays/<stem>.png (mask on image)")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=types.positive_int, default=8)
+    predict.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP)
     model_flags.import_option(predict)
 
     evaluate = command("evaluate", "score a checkpoint on a labelled folder (mIoU, Dice, accuracy, per class)")
@@ -128,14 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
     model_flags.import_option(evaluate)
 
-    check = command("check", "validate a dataset folder without training; exit status 1 on errors")
-    check.add_argument("--images", required=True)
-    check.add_argument("--masks", required=True)
-    check.add_argument("--mask-suffix", default="")
+    check = command("check", "validate a dataset (folders of images and masks, or COCO annotations) without "
+                    "training; exit status 1 on errors")  # fmt: skip
+    check.add_argument("--images", required=True, help="folder of images")
+    labels = check.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--masks", help="folder of masks")
+    labels.add_argument("--annotations", metavar="FILE", help="a COCO JSON file (CVAT, Label Studio, Roboflow, "
+                        "labelme_to_coco) instead of --masks; needs the coco extra")  # fmt: skip
+    check.add_argument("--target", choices=TARGETS, default="semantic", help="how the masks are read, as in "
+                       "training: 0/255 masks are --target binary")  # fmt: skip
+    check.add_argument("--threshold", type=types.finite_float(0, inclusive=True, example="127"),
+                       help="--target binary: foreground above this mask value (default: any non-zero)")  # fmt: skip
+    check.add_argument("--mask-suffix", help="mask stem = image stem + suffix, e.g. _mask")
     check.add_argument("--num-classes", type=types.num_classes, help="2 to 255")
-    check.add_argument("--color-map", help="class_dict.csv for colour-coded masks")
+    check.add_argument("--color-map", help=COLOR_MAP_HELP)
     check.add_argument("--channels", type=types.channels, default=3, help="1, 3 or 4")
-    check.add_argument("--recursive", action="store_true")
+    check.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP)
+    check.add_argument("--recursive", action="store_true", help="also the subfolders of --images and --masks")
 
     synth = command("synth", "write the synthetic shapes dataset (Penn-Fudan layout)")
     synth.add_argument("out", help="output folder")

@@ -114,6 +114,13 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.target == "semantic" and args.num_classes is None and args.color_map is None:
         return _usage_error("train", "--num-classes is required for --target semantic (or give --color-map)")
+    if args.class_names is not None:
+        expected = 2 if args.target == "binary" else args.num_classes
+        if expected is not None and len(args.class_names) != expected:
+            return _usage_error(
+                "train", f"--class-names gives {len(args.class_names)} names for {expected} classes: give one name per "
+                "class id, background (0) first"
+            )  # fmt: skip
     if (args.val_images is None) != (args.val_masks is None):
         return _usage_error("train", "--val-images and --val-masks go together: give both folders, or neither")
     if args.val_images is not None and args.val_split is not None:
@@ -156,6 +163,7 @@ def _train(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         seed=args.seed,
         progress=not args.no_progress,
+        class_names=args.class_names or [],
     )
     history = train_recipe(recipe).history
     last = history[-1] if history else {}
@@ -177,6 +185,7 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
         overlays=args.overlays,
         batch_size=args.batch_size,
+        exif_orientation=not args.no_exif_orientation,
         on_failure=report,
     )
     overlays = f" and {len(result.overlays)} overlays to {os.path.join(args.out, OVERLAYS)}" if args.overlays else ""
@@ -196,18 +205,40 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from trainkit.cli.recipe import read_color_map
-    from trainkit.data import check
+    from trainkit.data import check, check_coco
 
-    color_map = read_color_map(args.color_map)[0] if args.color_map else None
-    report = check(
-        images=args.images,
-        masks=args.masks,
-        mask_suffix=args.mask_suffix,
-        num_classes=args.num_classes,
-        color_map=color_map,
-        channels=args.channels,
-        recursive=args.recursive,
-    )
+    if args.threshold is not None and args.target != "binary":
+        return _usage_error("check", f"--threshold applies to --target binary, not --target {args.target}")
+    if args.annotations is not None:
+        given = [flag for flag, value in (("--mask-suffix", args.mask_suffix), ("--num-classes", args.num_classes),
+                 ("--color-map", args.color_map), ("--threshold", args.threshold), ("--recursive", args.recursive))
+                 if value not in (None, False)]  # fmt: skip
+        if given:
+            return _usage_error(
+                "check", f"{', '.join(given)} read a folder of masks, not --annotations: the COCO file names the "
+                "classes and the image of each annotation; drop them"
+            )  # fmt: skip
+        report = check_coco(
+            args.annotations,
+            args.images,
+            target=args.target,
+            channels=args.channels,
+            exif_orientation=not args.no_exif_orientation,
+        )
+    else:
+        color_map = read_color_map(args.color_map)[0] if args.color_map else None
+        report = check(
+            images=args.images,
+            masks=args.masks,
+            mask_suffix=args.mask_suffix or "",
+            target=args.target,
+            num_classes=args.num_classes,
+            color_map=color_map,
+            threshold=args.threshold,
+            channels=args.channels,
+            exif_orientation=not args.no_exif_orientation,
+            recursive=args.recursive,
+        )
     print(report)
     return 0 if report.ok else 1
 

@@ -41,6 +41,7 @@ def predict_folder(
     device: str = "auto",
     overlays: bool = False,
     batch_size: int = 8,
+    exif_orientation: bool = True,
     on_failure: Callable[[Path, str], None] | None = None,
 ) -> PredictResult:
     """Predict a mask for every image in ``images`` and write ``out/<stem>.png`` (palette PNG of class ids).
@@ -58,6 +59,7 @@ def predict_folder(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         overlays: also write the overlays.
         batch_size: images a forward pass.
+        exif_orientation: turn photos by their EXIF orientation tag, as viewers (and the training data) show them.
         on_failure: called with the path and the reason for each image that cannot be read, as it happens.
 
     Returns:
@@ -91,7 +93,8 @@ def predict_folder(
     normalize = normalizer(spec)
     result = PredictResult([], [], [])
     for start in range(0, len(files), batch_size):
-        chunk = _read_chunk(files[start : start + batch_size], spec.model.in_channels, result.failed, on_failure)
+        chunk = _read_chunk(files[start : start + batch_size], spec.model.in_channels, exif_orientation, result.failed,
+                            on_failure)  # fmt: skip
         if not chunk:
             continue
         batch = torch.stack([_resize(img, size) for _, img in chunk]).to(dev)
@@ -171,17 +174,18 @@ def _make_folder(folder: Path) -> None:
 def _read_chunk(
     paths: list[Path],
     channels: int,
+    exif_orientation: bool,
     failed: list[tuple[Path, str]],
     on_failure: Callable[[Path, str], None] | None,
 ) -> list[tuple[Path, torch.Tensor]]:
     """The images of ``paths`` that decode, as ``[channels, H, W]`` uint8; the others are added to ``failed``."""
-    from trainkit.data._decode import read_image
+    from trainkit.data import read_image
     from trainkit.errors import DataError
 
     chunk = []
     for path in paths:
         try:
-            chunk.append((path, read_image(path, channels=channels)))
+            chunk.append((path, read_image(path, channels=channels, exif_orientation=exif_orientation)))
         except (DataError, OSError) as err:
             reason = str(err) if isinstance(err, DataError) else f"cannot read it ({err.strerror or err})"
             reason = reason if str(path) in reason else f"{path}: {reason}"

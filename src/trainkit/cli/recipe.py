@@ -26,7 +26,16 @@ from trainkit.errors import CheckpointError
 if TYPE_CHECKING:
     from trainkit.models import CheckpointSpec
 
-__all__ = ["Recipe", "RecipeRun", "load_model", "normalizer", "read_color_map", "train_recipe"]
+__all__ = [
+    "Recipe",
+    "RecipeParts",
+    "RecipeRun",
+    "build_recipe",
+    "load_model",
+    "normalizer",
+    "read_color_map",
+    "train_recipe",
+]
 
 
 @dataclass
@@ -56,7 +65,7 @@ class Recipe:
     batch_size: int = 8
     lr: float = 1e-3
     amp: str | bool = "auto"
-    run_dir: str = "runs/train"
+    run_dir: str | None = "runs/train"
     resume: str | None = None
     overwrite: bool = False
     device: str = "auto"
@@ -150,12 +159,41 @@ class RecipeRun(NamedTuple):
     val_loader: Any
 
 
+class RecipeParts(NamedTuple):
+    """What :func:`build_recipe` returns: the trainer and its loaders, ready to fit (or to test learning rates)."""
+
+    trainer: Any
+    train_loader: Any
+    val_loader: Any
+    spec: CheckpointSpec
+
+
 def train_recipe(recipe: Recipe) -> RecipeRun:
     """Train the recipe; return the trainer, its history, the spec saved with it and the val loader.
 
     Example:
         >>> run = train_recipe(Recipe("imgs", "masks", num_classes=2))  # doctest: +SKIP
         >>> run.history[-1]["val/miou"]  # doctest: +SKIP
+    """
+    trainer, train_loader, val_loader, spec = build_recipe(recipe)
+    history = trainer.fit(train_loader, val_loader, epochs=recipe.epochs, resume=recipe.resume)
+    return RecipeRun(trainer, history, spec, val_loader)
+
+
+def build_recipe(recipe: Recipe) -> RecipeParts:
+    """The recipe's model, loaders, optimizer, schedule, loss and :class:`~trainkit.Trainer`, before any training.
+
+    With ``run_dir=None`` the trainer writes nothing (no checkpoints, metrics or curves): ``trainkit lr-find``
+    builds it so.
+
+    Raises:
+        ValueError: ``class_names`` that are not one per class, a model that cannot take ``size``...
+        DataError: the folders cannot be paired or read.
+
+    Example:
+        >>> parts = build_recipe(Recipe("imgs", "masks", num_classes=2, run_dir=None))  # doctest: +SKIP
+        >>> parts.trainer.lr_find(parts.train_loader).suggestion  # doctest: +SKIP
+        0.0031
     """
     from trainkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from trainkit.engine import EarlyStopping, RunDir, Trainer
@@ -170,6 +208,11 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
         color_map, names = read_color_map(recipe.color_map)
         class_names = class_names or list(names)
     num_classes = _num_classes(recipe, color_map)
+    if recipe.class_names and len(recipe.class_names) != num_classes:
+        raise ValueError(
+            f"`class_names` (--class-names) gives {len(recipe.class_names)} names for {num_classes} classes: give one "
+            "name per class id, background (0) first"
+        )
     options = dict(recipe.model_options)
     if recipe.model.lower() == "unet":
         options = {"base_channels": recipe.base_channels, "depth": recipe.depth, **options}
@@ -179,6 +222,7 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
         class_names=class_names if len(class_names) == num_classes else [],
         color_map=color_map,
         target=recipe.target,
+        mask_suffix=recipe.mask_suffix,
     )
     torch.manual_seed(recipe.seed)
     model = spec.model.build()  # pretrained weights, when asked, from the cache; refused before the data is read
@@ -192,6 +236,7 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.epochs * max(1, len(train_loader))))
     monitor = "val/miou" if val_loader is not None else "train/loss"
     freeze = [FreezeEncoder(recipe.freeze_encoder)] if recipe.freeze_encoder else []
+    saving = [_checkpoint(monitor)] if recipe.run_dir is not None else []
     trainer = Trainer(
         model,
         optimizer,
@@ -201,12 +246,13 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
         scheduler_interval="step",
         amp=recipe.amp,
         device=recipe.device,
-        run_dir=RunDir(recipe.run_dir, overwrite=recipe.overwrite),  # a fresh run never replaces one unasked
+        # a fresh run never replaces one unasked
+        run_dir=RunDir(recipe.run_dir, overwrite=recipe.overwrite) if recipe.run_dir is not None else None,
         seed=recipe.seed,
         progress=recipe.progress,
         batch_transform=normalizer(spec),
         callbacks=[
-            _checkpoint(monitor),
+            *saving,
             EarlyStopping(monitor, mode="max" if "miou" in monitor else "min", patience=max(5, recipe.epochs // 3)),
             *freeze,
             *recipe.callbacks,
@@ -217,8 +263,7 @@ def train_recipe(recipe: Recipe) -> RecipeRun:
     trainer.extra_state["recipe"] = {
         "train": {k: v for k, v in vars(recipe).items() if isinstance(v, (str, int, float, bool, type(None)))}
     }
-    history = trainer.fit(train_loader, val_loader, epochs=recipe.epochs, resume=recipe.resume)
-    return RecipeRun(trainer, history, spec, val_loader)
+    return RecipeParts(trainer, train_loader, val_loader, spec)
 
 
 def _loaders(recipe: Recipe, color_map: dict[tuple[int, int, int], int] | None) -> tuple[Any, Any]:

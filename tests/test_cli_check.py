@@ -1,0 +1,194 @@
+"""`trainkit check` on the data people have: 0/255 masks (`--target`), COCO exports (`--annotations`), phone
+photos (`--no-exif-orientation`); and `train --class-names`. Each in a subprocess on tiny generated files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import trainkit
+from trainkit.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "trainkit", *args], capture_output=True, text=True, env=env, timeout=240
+    )
+
+
+def status_and_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str]:
+    """Run `trainkit ARGS` in this process: the exit status and the one line it printed on stderr."""
+    try:
+        status: int | str | None = main(args)
+    except SystemExit as exit_info:
+        status = exit_info.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return status, lines[0]
+
+
+@pytest.fixture(scope="module")
+def binary_masks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shapes images with 0/255 masks (foreground 255), as Kaggle sets and tool exports store binary masks."""
+    root = trainkit.data.make_shapes(tmp_path_factory.mktemp("check") / "shapes", n=4, size=24, seed=3)
+    (root / "Binary").mkdir()
+    for mask in (root / "SemanticMasks").glob("*.png"):
+        ids = np.asarray(Image.open(mask))
+        Image.fromarray(np.where(ids > 0, 255, 0).astype(np.uint8), mode="L").save(root / "Binary" / mask.name)
+    return root
+
+
+def folders(root: Path, masks: str = "Binary") -> list[str]:
+    return ["--images", str(root / "PNGImages"), "--masks", str(root / masks), "--mask-suffix", "_mask"]
+
+
+def test_0_255_masks_read_as_class_ids_are_an_error_that_proposes_target_binary(binary_masks: Path) -> None:
+    result = run("check", *folders(binary_masks))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"the masks hold only the values 0 and 255.*\(`--target binary`\)", result.stdout)
+    assert "result: FAILED (1 errors" in result.stdout
+    result = run("check", *folders(binary_masks), "--target", "binary")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"class histogram \(pixels\): 0: \d+ .*, 1: \d+", result.stdout)  # 255 read as class 1
+    assert "suggested pos_weight (n_negative / n_positive)" in result.stdout
+
+
+def test_threshold_sets_the_foreground_of_binary_masks(binary_masks: Path, tmp_path: Path) -> None:
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    for mask in (binary_masks / "Binary").glob("*.png"):  # a JPEG-like fringe of low values around the shapes
+        values = np.asarray(Image.open(mask)).copy()
+        values[(values == 0) & (np.roll(values, 1, axis=1) == 255)] = 40
+        Image.fromarray(values, mode="L").save(noisy / mask.name)
+    counts = {}
+    for extra in ([], ["--threshold", "127"]):
+        result = run("check", "--images", str(binary_masks / "PNGImages"), "--masks", str(noisy), "--mask-suffix",
+                     "_mask", "--target", "binary", *extra)  # fmt: skip
+        assert result.returncode == 0, result.stdout
+        counts[len(extra)] = int(re.search(r"1: (\d+) \(", result.stdout).group(1))  # type: ignore[union-attr]
+    assert counts[2] < counts[0]  # above 127: the fringe of 40 is background
+
+
+def test_annotations_check_a_coco_file(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(images / name)
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 30},
+                   {"id": 2, "file_name": "b.png", "height": 20, "width": 30}],
+        "categories": [{"id": 7, "name": "cat"}, {"id": 9, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "iscrowd": 0, "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]},
+            {"id": 2, "image_id": 2, "category_id": 9, "iscrowd": 0, "segmentation": [[5, 5, 25, 5, 25, 15, 5, 15]]},
+        ],
+    }  # fmt: skip
+    annotations = tmp_path / "instances.json"
+    annotations.write_text(json.dumps(coco))
+    result = run("check", "--images", str(images), "--annotations", str(annotations))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"annotations={annotations}" in result.stdout
+    assert re.search(r"class histogram \(pixels\): 0: \d+ .*, 1: \d+ .*, 2: \d+", result.stdout)  # ids 7, 9 -> 1, 2
+    (images / "b.png").unlink()
+    result = run("check", "--images", str(images), "--annotations", str(annotations), "--target", "binary")
+    assert result.returncode == 1
+    assert "b.png" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_no_exif_orientation_reads_photos_as_stored(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise": a phone held upright
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "images" / "IMG_1.jpg", exif=exif)
+    Image.fromarray(np.zeros((30, 40), dtype=np.uint8)).save(tmp_path / "masks" / "IMG_1.png")  # on the stored pixels
+    args = ["check", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--num-classes", "2"]
+    result = run(*args)
+    assert result.returncode == 1
+    assert re.search(r"IMG_1.*EXIF", result.stdout), result.stdout
+    result = run(*args, "--no-exif-orientation")
+    assert result.returncode == 0, result.stdout
+    assert "image sizes (WxH): 40x30 (1)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--images", "i"], r"one of the arguments --masks --annotations is required"),
+        (["--images", "i", "--masks", "m", "--annotations", "a.json"],
+         r"argument --annotations: not allowed with argument --masks"),
+        (["--images", "i", "--masks", "m", "--target", "panoptic"], r"argument --target: invalid choice: 'panoptic'"),
+        (["--images", "i", "--masks", "m", "--threshold", "nan"], r"argument --threshold: expected a finite number "
+                                                                  r">= 0 \(e\.g\. 127\), got 'nan'"),
+        (["--images", "i", "--masks", "m", "--threshold", "-1"], r"argument --threshold: expected a finite number >="),
+        (["--images", "i", "--masks", "m", "--threshold", "127"],
+         r"--threshold applies to --target binary, not --target semantic"),
+        (["--images", "i", "--annotations", "a.json", "--mask-suffix", "_m", "--num-classes", "3"],
+         r"--mask-suffix, --num-classes read a folder of masks, not --annotations: .*drop them"),
+    ],
+)  # fmt: skip
+def test_check_options_are_refused_in_one_line(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, line = status_and_line(["check", *args], capsys)
+    assert status == 2
+    assert re.search(rf"^trainkit check: error: {expected}.*\(see `trainkit check --help`\)$", line), line
+
+
+def test_color_map_help_names_cvat_labelmap(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("check", "train"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "CVAT's labelmap.txt" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_train_records_class_names_in_the_checkpoint(binary_masks: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run("train", *folders(binary_masks, "SemanticMasks"), "--num-classes", "4", "--class-names",
+                 "background, circle,square,triangle", "--size", "24", "--epochs", "1", "--batch-size", "2",
+                 "--base-channels", "4", "--depth", "2", "--run-dir", str(run_dir), "--device", "cpu",
+                 "--no-progress", "--amp", "off")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    spec = trainkit.load_checkpoint(run_dir / "checkpoints" / "best.pt")["extra"]["spec"]
+    assert spec["classes"]["names"] == ["background", "circle", "square", "triangle"]
+    assert spec["classes"]["mask_suffix"] == "_mask"
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["extra"]["spec"] == spec
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--num-classes", "3", "--class-names", "a,b"], r"--class-names gives 2 names for 3 classes: give one name "
+                                                         r"per class id, background \(0\) first"),
+        (["--target", "binary", "--class-names", "a,b,c"], r"--class-names gives 3 names for 2 classes"),
+        (["--num-classes", "3", "--class-names", "a,,c"], r"argument --class-names: expected comma-separated names, "
+                                                          r"one per class id from 0 .*got an empty name in 'a,,c'"),
+        (["--num-classes", "3", "--class-names", "a,b,a"], r"argument --class-names: .*each once; a repeated"),
+    ],
+)  # fmt: skip
+def test_class_names_are_one_per_class(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, line = status_and_line(["train", "--images", "i", "--masks", "m", *args], capsys)
+    assert status == 2
+    assert re.search(rf"^trainkit train: error: {expected}", line), line
+
+
+def test_class_names_that_do_not_fit_the_color_map_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "class_dict.csv").write_text("name,r,g,b\nbackground,0,0,0\ncar,255,0,0\n")
+    color_map = str(tmp_path / "class_dict.csv")
+    result = run("train", "--images", str(tmp_path), "--masks", str(tmp_path), "--color-map", color_map,
+                 "--class-names", "a,b,c", "--run-dir", str(tmp_path / "run"))  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"trainkit train: error: `class_names` \(--class-names\) gives 3 names for 2 "
+                                        r"classes", lines[0]), lines  # fmt: skip
+    assert not (tmp_path / "run").exists()
