@@ -18,7 +18,7 @@ from PIL import Image
 
 from trainkit.cli import main
 
-COMMANDS = ("demo", "train", "predict", "evaluate", "check", "synth", "summary")
+COMMANDS = ("demo", "train", "lr-find", "predict", "evaluate", "export", "check", "synth", "summary")
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

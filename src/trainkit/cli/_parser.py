@@ -7,7 +7,7 @@ combinations of options that argparse cannot check are refused by the command's 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from trainkit.cli import _argument_types as types
 from trainkit.cli import _model_flags as model_flags
@@ -28,6 +28,10 @@ _EXAMPLES = {
     "--masks test/masks --mask-suffix _mask",
     "check": "example: trainkit check --images data/train --masks data/train_masks --mask-suffix _mask --num-classes 2 "
     "(0/255 masks: --target binary; COCO: --annotations instances.json)",
+    "lr-find": "example: trainkit lr-find --images PennFudanPed/PNGImages --masks PennFudanPed/PedMasks "
+    "--mask-suffix _mask --target binary --size 256 (then trainkit train ... --lr <suggestion>)",
+    "export": "example: trainkit export --checkpoint runs/train/checkpoints/best.pt --format onnx --out model.onnx "
+    "--embed-preprocessing",
     "synth": "example: trainkit synth data/shapes --n 200 --size 64",
     "summary": "example: trainkit summary runs/demo/checkpoints/best.pt",
 }
@@ -77,44 +81,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --run-dir")
 
     train = command("train", "train a segmentation model on your own folders of images and masks")
-    train.add_argument("--images", required=True, help="folder of images")
-    train.add_argument("--masks", required=True, help="folder of masks")
-    train.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
-    train.add_argument("--target", choices=("semantic", "binary"), default="semantic", help="mask meaning")
-    train.add_argument("--num-classes", type=types.num_classes, help="classes incl. background (semantic), 2 to 255")
-    train.add_argument("--color-map", help=COLOR_MAP_HELP)
+    _data_options(train)
     train.add_argument("--class-names", type=types.class_names, metavar="A,B,C", help="one name per class id from 0, "
                        "recorded in the checkpoint (default: the --color-map's names)")  # fmt: skip
-    train.add_argument("--val-split", type=types.fraction, help="held-out fraction, in [0, 1) (default 0.2)")
-    train.add_argument("--val-images", help="validate on this folder of images instead of a --val-split")
-    train.add_argument("--val-masks", help="the masks of --val-images")
-    train.add_argument("--size", type=types.size, default=(256, 256), help="training size N or HxW")
     train.add_argument("--epochs", type=types.positive_int, default=20)
-    train.add_argument("--batch-size", type=types.positive_int, default=8)
     train.add_argument("--lr", type=types.positive_float, default=1e-3, help="peak learning rate (warm-up, cosine)")
     train.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
     train.add_argument("--run-dir", default="runs/train")
     train.add_argument("--resume", help="checkpoint path, or 'last' for <run-dir>/checkpoints/last.pt")
     train.add_argument("--overwrite", action="store_true", help="replace the run --run-dir holds (without --resume)")
     train.add_argument("--device", default="auto")
-    model = train.add_argument_group("model (docs/models.md)")
-    model.add_argument("--model", default="unet", help="unet, torchvision:<builder> (e.g. "
-                       "torchvision:deeplabv3_mobilenet_v3_large), smp:<Arch> (e.g. smp:Unet)")  # fmt: skip
-    model.add_argument("--encoder", help="smp encoder, e.g. resnet34, efficientnet-b0, tu-convnext_tiny (timm)")
-    model.add_argument("--encoder-weights", help="pretrained encoder from the cache: smp 'imagenet', torchvision "
-                       "backbone 'DEFAULT'; never downloaded")  # fmt: skip
-    model.add_argument("--weights", help="torchvision whole-model weights from the cache, e.g. DEFAULT (new head)")
-    model.add_argument("--model-option", action="append", default=[], type=types.model_option, metavar="KEY=VALUE",
-                       help="another builder option, repeatable, e.g. encoder_depth=3 or aux_loss=True")  # fmt: skip
+    model = _model_options(train)
     model.add_argument("--encoder-lr", type=types.positive_float, help="learning rate of the encoder (default --lr)")
     model.add_argument("--freeze-encoder", type=types.non_negative_int, default=0, metavar="EPOCHS",
                        help="keep the encoder frozen for the first EPOCHS epochs")  # fmt: skip
-    model.add_argument("--base-channels", type=types.positive_int, help="UNet width (default 32)")
-    model.add_argument("--depth", type=types.positive_int, help="UNet down-samplings (default 4); --size >= 2**depth")
-    model_flags.import_option(model)
     train.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
     train.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
     train.add_argument("--no-progress", action="store_true")
+
+    lr_find = command("lr-find", "find a learning rate for `trainkit train`: Smith's range test on the same data "
+                      "and model, with a plot and a suggestion")  # fmt: skip
+    _data_options(lr_find)
+    test = lr_find.add_argument_group("range test (docs/training.md#finding-a-learning-rate)")
+    test.add_argument("--min-lr", type=types.positive_float, default=1e-7, help="the first learning rate, > 0")
+    test.add_argument("--max-lr", type=types.positive_float, default=10.0, help="the last one, > --min-lr")
+    test.add_argument("--num-steps", type=types.integer(2), default=100, help="optimizer steps at most, >= 2")
+    test.add_argument("--smooth", type=types.fraction, default=0.98, help="weight of the past in the loss's moving "
+                      "average, in [0, 1) (0: none)")  # fmt: skip
+    test.add_argument("--diverge", type=types.finite_float(1, inclusive=False, example="4.0"), default=4.0,
+                      help="stop when the smoothed loss exceeds this many times its minimum, > 1")  # fmt: skip
+    test.add_argument("--out", default="lr_find.png", help="the plot (PNG) to write")
+    lr_find.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
+    lr_find.add_argument("--device", default="auto")
+    _model_options(lr_find)
+    lr_find.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
+    lr_find.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
 
     predict = command("predict", "write one palette mask PNG per image with a trained checkpoint")
     predict.add_argument("--checkpoint", required=True, help="a checkpoint from `trainkit train` or `demo`")
@@ -160,8 +161,59 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=types.shapes_size, default=64, help="at least 16")
     synth.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
 
+    export = command("export", "export a checkpoint's model to ONNX or a torch.export program, checked against "
+                     "PyTorch (docs/export.md)")  # fmt: skip
+    export.add_argument("--checkpoint", required=True, help="a checkpoint that records its spec (trainkit train)")
+    export.add_argument("--out", required=True, help="the file to write: model.onnx, or model.pt2 for "
+                        "exported-program")  # fmt: skip
+    export.add_argument("--format", choices=("onnx", "exported-program"), default="onnx",
+                        help="onnx (for onnxruntime; the export extra) or exported-program (.pt2)")  # fmt: skip
+    export.add_argument("--embed-preprocessing", action="store_true", help="the graph takes raw uint8 pixels and "
+                        "applies the run's scale, mean and std")  # fmt: skip
+    export.add_argument("--size", type=types.size, action="append", metavar="HxW", help="an input size N or HxW "
+                        "the export is checked on, repeatable (default: the training size and one larger)")  # fmt: skip
+    export.add_argument("--static", action="store_true", help="fix the height and width at the first --size")
+    export.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch size too (checked on 2)")
+    export.add_argument("--tolerance", type=types.positive_float, default=1e-4,
+                        help="the largest max |export - PyTorch| of the logits accepted")  # fmt: skip
+    export.add_argument("--opset", type=types.integer(18, 99), help="ONNX opset version, from 18 (torch's exporter "
+                        "implements no older one; default: torch's)")  # fmt: skip
+    model_flags.import_option(export)
+
     summary = command("summary", "print the layer table of a checkpoint's model")
     summary.add_argument("checkpoint", help="a checkpoint from `trainkit train` or `demo`")
     summary.add_argument("--depth", type=types.positive_int, default=3, help="module nesting depth shown")
     model_flags.import_option(summary)
     return parser
+
+
+def _data_options(command: argparse.ArgumentParser) -> None:
+    """The folders and how they are read and batched, as ``trainkit train`` and ``lr-find`` take them."""
+    command.add_argument("--images", required=True, help="folder of images")
+    command.add_argument("--masks", required=True, help="folder of masks")
+    command.add_argument("--mask-suffix", default="", help="mask stem = image stem + suffix, e.g. _mask")
+    command.add_argument("--target", choices=("semantic", "binary"), default="semantic", help="mask meaning")
+    command.add_argument("--num-classes", type=types.num_classes, help="classes incl. background (semantic), 2 to 255")
+    command.add_argument("--color-map", help=COLOR_MAP_HELP)
+    command.add_argument("--val-split", type=types.fraction, help="held-out fraction, in [0, 1) (default 0.2)")
+    command.add_argument("--val-images", help="validate on this folder of images instead of a --val-split")
+    command.add_argument("--val-masks", help="the masks of --val-images")
+    command.add_argument("--size", type=types.size, default=(256, 256), help="training size N or HxW")
+    command.add_argument("--batch-size", type=types.positive_int, default=8)
+
+
+def _model_options(command: argparse.ArgumentParser) -> Any:
+    """The model group (``--model``, ``--encoder``...), returned so ``train`` adds its fine-tuning flags."""
+    model = command.add_argument_group("model (docs/models.md)")
+    model.add_argument("--model", default="unet", help="unet, torchvision:<builder> (e.g. "
+                       "torchvision:deeplabv3_mobilenet_v3_large), smp:<Arch> (e.g. smp:Unet)")  # fmt: skip
+    model.add_argument("--encoder", help="smp encoder, e.g. resnet34, efficientnet-b0, tu-convnext_tiny (timm)")
+    model.add_argument("--encoder-weights", help="pretrained encoder from the cache: smp 'imagenet', torchvision "
+                       "backbone 'DEFAULT'; never downloaded")  # fmt: skip
+    model.add_argument("--weights", help="torchvision whole-model weights from the cache, e.g. DEFAULT (new head)")
+    model.add_argument("--model-option", action="append", default=[], type=types.model_option, metavar="KEY=VALUE",
+                       help="another builder option, repeatable, e.g. encoder_depth=3 or aux_loss=True")  # fmt: skip
+    model.add_argument("--base-channels", type=types.positive_int, help="UNet width (default 32)")
+    model.add_argument("--depth", type=types.positive_int, help="UNet down-samplings (default 4); --size >= 2**depth")
+    model_flags.import_option(model)
+    return model

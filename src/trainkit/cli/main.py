@@ -1,4 +1,5 @@
-"""The ``trainkit`` command: ``demo``, ``train``, ``predict``, ``evaluate``, ``check``, ``synth``, ``summary``.
+"""The ``trainkit`` command: ``demo``, ``train``, ``lr-find``, ``predict``, ``evaluate``, ``export``, ``check``,
+``synth``, ``summary``.
 
 Bad arguments print one line and exit with status 2; a data or checkpoint problem prints one
 line (never a traceback) and exits with status 1.
@@ -110,66 +111,83 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trainkit.cli.recipe import Recipe, train_recipe
+    from trainkit.cli._recipe_args import recipe_from_args
+    from trainkit.cli.recipe import train_recipe
 
-    if args.target == "semantic" and args.num_classes is None and args.color_map is None:
-        return _usage_error("train", "--num-classes is required for --target semantic (or give --color-map)")
-    if args.class_names is not None:
-        expected = 2 if args.target == "binary" else args.num_classes
-        if expected is not None and len(args.class_names) != expected:
-            return _usage_error(
-                "train", f"--class-names gives {len(args.class_names)} names for {expected} classes: give one name per "
-                "class id, background (0) first"
-            )  # fmt: skip
-    if (args.val_images is None) != (args.val_masks is None):
-        return _usage_error("train", "--val-images and --val-masks go together: give both folders, or neither")
-    if args.val_images is not None and args.val_split is not None:
-        return _usage_error("train", "give --val-split or --val-images/--val-masks, not both")
-    options, refused = model_flags.model_options(args)
-    if refused:
-        return _usage_error("train", refused)
-    if args.model.lower() == "unet":
-        smallest = 2 ** options["depth"]
-        if min(args.size) < smallest:
-            return _usage_error(
-                "train",
-                f"--size {args.size[0]}x{args.size[1]} is too small for --depth {options['depth']}: the UNet halves "
-                f"the image {options['depth']} times, so it needs at least {smallest}x{smallest}; raise --size or "
-                "lower --depth",
-            )
-    recipe = Recipe(
-        images=args.images,
-        masks=args.masks,
-        mask_suffix=args.mask_suffix,
-        target=args.target,
-        num_classes=args.num_classes,
-        color_map=args.color_map,
-        val_split=0.2 if args.val_split is None else args.val_split,
-        val_images=args.val_images,
-        val_masks=args.val_masks,
-        size=args.size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        amp=args.amp,
-        run_dir=args.run_dir,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        model=args.model,
-        model_options=options,
-        encoder_lr=args.encoder_lr,
-        freeze_encoder=args.freeze_encoder,
-        num_workers=args.workers,
-        seed=args.seed,
-        progress=not args.no_progress,
-        class_names=args.class_names or [],
-    )
+    recipe = recipe_from_args(args)
+    if isinstance(recipe, str):
+        return _usage_error("train", recipe)
     history = train_recipe(recipe).history
     last = history[-1] if history else {}
     shown = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train/loss", "val/")))
     print(f"train: {len(history)} epochs; {shown}; checkpoints in {args.run_dir}/checkpoints")
     return 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from trainkit.cli._recipe_args import recipe_from_args
+    from trainkit.cli.recipe import build_recipe
+
+    if not args.max_lr > args.min_lr:
+        return _usage_error("lr-find", f"--max-lr {args.max_lr:g} must be larger than --min-lr {args.min_lr:g}")
+    if os.path.isdir(args.out):
+        return _usage_error("lr-find", f"--out {args.out} is a folder: give the PNG file to write, e.g. "
+                            f"{os.path.join(args.out, 'lr_find.png')}")  # fmt: skip
+    recipe = recipe_from_args(args)
+    if isinstance(recipe, str):
+        return _usage_error("lr-find", recipe)
+    parts = build_recipe(recipe)
+    result = parts.trainer.lr_find(
+        parts.train_loader,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        num_steps=args.num_steps,
+        smooth=args.smooth,
+        diverge=args.diverge,
+    )
+    plot = result.plot(args.out)
+    print(result)
+    if result.suggestion is None:
+        print(f"lr-find: plot in {plot}; no suggestion: lower --min-lr or raise --num-steps, or read the plot")
+    else:
+        print(f"lr-find: plot in {plot}; train with `trainkit train ... --lr {result.suggestion:.2g}`")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import trainkit
+
+    if args.static and args.size and len(args.size) > 1:
+        return _usage_error("export", "--static fixes the height and width, so the export runs at one size: give one "
+                            "--size (or none: the training size)")  # fmt: skip
+    if args.opset is not None:
+        if args.format != "onnx":
+            return _usage_error("export", f"--opset applies to --format onnx, not {args.format}")
+        newest = _newest_onnx_opset()
+        if newest is not None and args.opset > newest:
+            return _usage_error("export", f"--opset {args.opset} is newer than the installed onnx knows (up to "
+                                f"{newest}): choose 18 to {newest}, or upgrade onnx")  # fmt: skip
+    trainkit.export(
+        args.checkpoint,
+        args.out,
+        format=args.format,
+        preprocessing=args.embed_preprocessing,
+        sizes=args.size,
+        dynamic=not args.static,
+        dynamic_batch=args.dynamic_batch,
+        tolerance=args.tolerance,
+        opset=args.opset,
+    )  # prints the file written and its differences from PyTorch
+    return 0
+
+
+def _newest_onnx_opset() -> int | None:
+    """The newest ONNX opset the installed onnx implements; ``None`` without onnx (the export says how to get it)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return int(onnx.defs.onnx_opset_version())
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -287,6 +305,8 @@ _COMMANDS: dict[str, Any] = {
     "predict": _predict,
     "evaluate": _evaluate,
     "check": _check,
+    "lr-find": _lr_find,
+    "export": _export,
     "synth": _synth,
     "summary": _summary,
 }
