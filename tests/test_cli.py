@@ -222,7 +222,7 @@ def test_predict_skips_hidden_files(trained: Path, tmp_path: Path) -> None:
     result = run("predict", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--images", str(images),
                  "--out", str(tmp_path / "out"), "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "labels.txt"]
 
 
 # ------------------------------------------------------------------ faults a hunt found (issue 12)
@@ -298,7 +298,8 @@ def test_predict_writes_overlays_apart_so_x_and_x_overlay_both_keep_their_masks(
     result = _predict(trained, photos, out, "--overlays")
     assert result.returncode == 0, result.stderr
     assert re.search(r"wrote 2 masks to .*out and 2 overlays to .*out/overlays", result.stdout)
-    assert sorted(_contents(out)) == ["overlays/x.png", "overlays/x_overlay.png", "x.png", "x_overlay.png"]
+    expected = ["labels.txt", "overlays/x.png", "overlays/x_overlay.png", "x.png", "x_overlay.png"]
+    assert sorted(_contents(out)) == expected
     for name, (h, w) in {"x": (40, 30), "x_overlay": (20, 50)}.items():
         assert Image.open(out / f"{name}.png").mode == "P" and Image.open(out / f"{name}.png").size == (w, h)
         assert Image.open(out / "overlays" / f"{name}.png").mode == "RGB"
@@ -312,7 +313,7 @@ def test_predict_reports_each_unreadable_image_and_predicts_the_rest(trained: Pa
     result = _predict(trained, photos, out, "--batch-size", "2")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p2.png", "p4.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "p0.png", "p2.png", "p4.png"]
     assert "predict: wrote 3 masks to" in result.stdout
     # (libpng itself may print "libpng error: ..." for the truncated PNG, below trainkit's reach)
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("libpng ")]
@@ -334,7 +335,7 @@ def test_predict_reports_an_image_without_read_permission(trained: Path, tmp_pat
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert result.returncode == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png", "labels.txt"]
     assert re.search(r"skipped .*a\.png: .*[Pp]ermission denied", result.stderr), result.stderr
     assert re.search(r"error: 1 of 2 images could not be read and have no mask: .*a\.png", result.stderr)
 
@@ -360,7 +361,7 @@ def test_predict_writes_each_file_whole_or_not_at_all(
     with pytest.raises(OSError, match=r"cannot write .*out/b\.png \(No space left on device\); 1 of 2 masks were "
                                       r"written before, each complete"):  # fmt: skip
         predict_folder(trained / "checkpoints" / "best.pt", photos, out, device="cpu")
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # no temporary file left behind
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "labels.txt"]  # no temporary file left
     assert (out / "b.png").read_bytes() == b"the mask of an earlier run"
     assert Image.open(out / "a.png").size == (24, 24)
 

@@ -23,7 +23,8 @@ _EXAMPLES = {
     "train": "example: trainkit train --images PennFudanPed/PNGImages --masks PennFudanPed/PedMasks "
     "--mask-suffix _mask --target binary --size 256 --epochs 30 (or --model smp:Unet --encoder resnet34 "
     "--encoder-weights imagenet --encoder-lr 1e-4; see docs/models.md)",
-    "predict": "example: trainkit predict --checkpoint runs/train/checkpoints/best.pt --images photos --out masks",
+    "predict": "example: trainkit predict --checkpoint runs/train/checkpoints/best.pt --images photos --out masks "
+    "--tile 512 --tta flip --overlays",
     "evaluate": "example: trainkit evaluate --checkpoint runs/train/checkpoints/best.pt --images test/images "
     "--masks test/masks --mask-suffix _mask",
     "check": "example: trainkit check --images data/train --masks data/train_masks --mask-suffix _mask --num-classes 2 "
@@ -117,14 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
     lr_find.add_argument("--seed", type=types.seed, default=0, help="in [0, 2**32)")
 
-    predict = command("predict", "write one palette mask PNG per image with a trained checkpoint")
+    predict = command("predict", "write a mask per image, at its own size, with a trained checkpoint (the model sees "
+                      "it at the scale it was trained at)")  # fmt: skip
     predict.add_argument("--checkpoint", required=True, help="a checkpoint from `trainkit train` or `demo`")
     predict.add_argument("--images", required=True, help="folder of images")
     predict.add_argument("--out", required=True, help="output folder (created), not the --images folder")
+    predict.add_argument("--encoding", choices=("ids", "training"), default="ids", help="ids: palette PNGs "
+                         "<stem>.png; training: as the training masks (0/255 for binary runs, the --color-map's "
+                         "colours, <stem><mask-suffix>.png)")  # fmt: skip
     predict.add_argument("--overlays", action="store_true", help="also write overlays/<stem>.png (mask on image)")
+    predict.add_argument("--probabilities", choices=("npy", "tif"), help="also write probabilities/<stem>.npy "
+                         "(or .tif, the tiff extra): float32 [K, H, W]")  # fmt: skip
+    predict.add_argument("--skip-existing", action="store_true", help="leave out images whose outputs are all in "
+                         "--out: continue an interrupted prediction")  # fmt: skip
+    inference = predict.add_argument_group("inference (docs/inference.md)")
+    inference.add_argument("--tile", type=types.size, metavar="SIZE", help="sliding windows of SIZE (N or HxW) for "
+                           "images larger than it at the training scale (default: each image in one pass)")  # fmt: skip
+    inference.add_argument("--overlap", type=types.fraction, help="of the windows, a fraction in [0, 1) "
+                           "(default 0.25; with --tile)")  # fmt: skip
+    inference.add_argument("--blend", choices=("gaussian", "constant"), help="weighing of overlapping windows "
+                           "(default gaussian; with --tile)")  # fmt: skip
+    inference.add_argument("--tta", choices=("flip", "flip+scale"), help="average over the left-right mirror "
+                           "(flip), and at 0.75x and 1.25x (flip+scale)")  # fmt: skip
+    inference.add_argument("--batch-size", type=types.positive_int, default=4, help="windows a forward pass")
     predict.add_argument("--device", default="auto")
-    predict.add_argument("--batch-size", type=types.positive_int, default=8)
     predict.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP)
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     model_flags.import_option(predict)
 
     evaluate = command("evaluate", "score a checkpoint on a labelled folder (mIoU, Dice, accuracy, per class)")

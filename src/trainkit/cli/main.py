@@ -191,7 +191,13 @@ def _newest_onnx_opset() -> int | None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from trainkit.cli.predict import OVERLAYS, predict_folder
+    from trainkit.cli.predict import predict_folder
+
+    if args.tile is None:
+        given = [flag for flag, value in (("--overlap", args.overlap), ("--blend", args.blend)) if value is not None]
+        if given:
+            return _usage_error("predict", f"{' and '.join(given)} weigh the sliding windows of --tile: give --tile "
+                                "SIZE too")  # fmt: skip
 
     def report(path: object, reason: str) -> None:
         print(f"trainkit predict: skipped {reason}", file=sys.stderr)
@@ -204,10 +210,22 @@ def _predict(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         batch_size=args.batch_size,
         exif_orientation=not args.no_exif_orientation,
+        tile=args.tile,
+        overlap=0.25 if args.overlap is None else args.overlap,
+        blend=args.blend or "gaussian",
+        tta=args.tta,
+        encoding=args.encoding,
+        probabilities=args.probabilities,
+        skip_existing=args.skip_existing,
+        progress=not args.no_progress,
         on_failure=report,
     )
-    overlays = f" and {len(result.overlays)} overlays to {os.path.join(args.out, OVERLAYS)}" if args.overlays else ""
-    print(f"predict: wrote {len(result.masks)} masks to {args.out}{overlays}")
+    also = [f"{len(files)} {what} to {os.path.join(args.out, folder)}" for files, what, folder in (
+        (result.overlays, "overlays", "overlays"), (result.probabilities, "probability maps", "probabilities"))
+        if files]  # fmt: skip
+    skipped = f"; {len(result.skipped)} skipped, their outputs already there" if result.skipped else ""
+    print(f"predict: wrote {len(result.masks)} masks to {args.out}{''.join(' and ' + a for a in also)} "
+          f"(classes in {os.path.join(args.out, 'labels.txt')}){skipped}")  # fmt: skip
     if not result.failed:
         return 0
     names = ", ".join(str(path) for path, _ in result.failed[:10])

@@ -1,36 +1,59 @@
-"""``trainkit predict``: one palette-encoded mask PNG per image, same stem, plus optional overlays.
+"""``trainkit predict``: a mask per image at the image's own size, from the model run at its training scale.
+
+Each image is resized to the scale the training crops were cut at, predicted whole or by sliding windows
+(``tile``) and averaged over test-time augmentations (``tta``) (:mod:`trainkit.cli._predict_forward`); its
+logits are resized back to the image's size and turned into class ids (and, when asked, probabilities) a
+band of rows at a time; the mask, optional probability map and overlay are written in the chosen encoding
+(:mod:`trainkit.cli._predict_outputs`), with ``labels.txt`` beside them. The folder is streamed through
+:func:`trainkit.predict_iter`, one image at a time, so memory stays flat over a folder of any length.
 
 Nothing is overwritten by mistake: an output folder that is the images folder is refused, and so are
 images whose outputs would share a path (``a.png`` and ``a.jpg``), before anything is written. An image
 that cannot be read is reported and skipped; the others are still predicted. Every file is written to a
-temporary file in its folder and renamed into place, so no half-written PNG is ever left.
+temporary file in its folder and renamed into place, so no half-written file is ever left, and
+``skip_existing`` continues an interrupted prediction where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import unicodedata
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from trainkit.cli._predict_forward import TTA_MODES, Forward, bilinear_bands, size_multiple, training_scale_size
+from trainkit.cli._predict_outputs import (
+    ENCODINGS,
+    LABELS,
+    OVERLAYS,
+    PROBABILITIES,
+    PROBABILITY_FORMATS,
+    MaskFormat,
+    open_probabilities,
+    overlay,
+    require_tifffile,
+    write_atomically,
+)
 from trainkit.cli.recipe import load_model, normalizer
 
 __all__ = ["PredictResult", "class_ids", "predict_folder"]
 
-OVERLAYS = "overlays"  # the subfolder of `out` the overlays go to, `<stem>.png` like the masks
-
 
 class PredictResult(NamedTuple):
-    """What :func:`predict_folder` wrote, and the images it could not read (with the reason)."""
+    """What :func:`predict_folder` wrote, the images it could not read (with the reason), and those it skipped."""
 
     masks: list[Path]
     overlays: list[Path]
     failed: list[tuple[Path, str]]
+    probabilities: list[Path]
+    skipped: list[Path]
 
 
 def predict_folder(
@@ -40,34 +63,48 @@ def predict_folder(
     *,
     device: str = "auto",
     overlays: bool = False,
-    batch_size: int = 8,
+    batch_size: int = 4,
     exif_orientation: bool = True,
+    tile: tuple[int, int] | None = None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    tta: str | None = None,
+    encoding: str = "ids",
+    probabilities: str | None = None,
+    skip_existing: bool = False,
+    progress: bool = False,
     on_failure: Callable[[Path, str], None] | None = None,
 ) -> PredictResult:
-    """Predict a mask for every image in ``images`` and write ``out/<stem>.png`` (palette PNG of class ids).
-
-    Images are resized to the training size for the model and the predicted mask is resized back
-    (nearest) to the image's own size, so masks line up with their images pixel for pixel. The palette
-    holds the checkpoint's colour map (the training masks' colours), or trainkit's colours. With
-    ``overlays``, ``out/overlays/<stem>.png`` shows the mask over the image. The model's main output is
-    taken by :func:`trainkit.utils.outputs.main_output` (torchvision's ``"out"``...).
+    """Predict a mask for every image in ``images`` and write it to ``out``, at the image's own size.
 
     Args:
         checkpoint: a checkpoint that records its spec (``trainkit train``, ``demo``, or see docs/models.md).
         images: the folder of images (its top level; hidden files are skipped).
         out: the output folder, created; not ``images`` itself.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        overlays: also write the overlays.
-        batch_size: images a forward pass.
+        overlays: also write ``out/overlays/<stem>.png``, the mask over the image.
+        batch_size: windows a forward pass (with ``tile``).
         exif_orientation: turn photos by their EXIF orientation tag, as viewers (and the training data) show them.
+        tile: ``(height, width)`` of the sliding windows an image larger than it is predicted by (at the training
+            scale); ``None``: every image in one pass.
+        overlap: between windows, a fraction of the window in ``[0, 1)``.
+        blend: ``"gaussian"`` or ``"constant"`` weighing of overlapping windows.
+        tta: ``"flip"`` (the image and its mirror) or ``"flip+scale"`` (also at 0.75 and 1.25 times), or ``None``.
+        encoding: ``"ids"`` (palette PNG ``<stem>.png``) or ``"training"`` (as the training masks: 0/255 for a
+            binary run, the colour map's colours, named ``<stem><mask_suffix>.png``).
+        probabilities: also write ``out/probabilities/<stem>.npy`` (or ``.tif`` with the ``tiff`` extra),
+            float32 ``[K, H, W]`` softmax (one channel: sigmoid) probabilities.
+        skip_existing: leave out the images whose outputs are all in ``out`` already (an interrupted run).
+        progress: show a progress bar on a terminal (stderr).
         on_failure: called with the path and the reason for each image that cannot be read, as it happens.
 
     Returns:
-        The masks and overlays written, in natural order of the image names, and the images that failed.
+        The masks, overlays and probability maps written, in natural order of the image names, the images that
+        failed and those skipped.
 
     Raises:
-        ValueError: ``out`` is (or holds the overlays in) the ``images`` folder, ``out`` is a file, or two
-            images would write the same output; nothing is written then.
+        ValueError: ``out`` is (or holds an output folder in) the ``images`` folder, ``out`` is a file, two images
+            would write the same output, or an option is out of range; nothing is written then.
         OSError: an output cannot be written (full disk, permissions); the files written so far are complete.
 
     Example:
@@ -75,39 +112,49 @@ def predict_folder(
         >>> len(result.masks), result.failed  # doctest: +SKIP
         (12, [])
     """
-    from PIL import Image
+    from tqdm import tqdm
 
     from trainkit.data._pairing import list_image_files
+    from trainkit.engine.loops import predict_iter
     from trainkit.utils.device import resolve_device
-    from trainkit.utils.outputs import main_output
 
+    _check_options(tile, overlap, blend, tta, encoding, probabilities)
     files = list_image_files(images, recursive=False, role="--images")  # natural order, hidden files skipped
-    folders = _output_folders(Path(images), Path(out), overlays)
+    folders = _output_folders(Path(images), Path(out), overlays, probabilities)
     _refuse_shared_outputs(files, Path(out))
+    if probabilities == "tif":
+        require_tifffile()
     dev = resolve_device(device)
     model, spec = load_model(checkpoint, device=dev)
-    size = spec.preprocessing.size
-    for folder in folders:
+    _check_tile(model, spec.model.name, tile)
+    fmt = MaskFormat.of(spec, encoding)
+    for folder in folders.values():
         _make_folder(folder)
-    colours = np.asarray(spec.colors(), dtype=np.uint8).reshape(-1).tolist()
-    normalize = normalizer(spec)
-    result = PredictResult([], [], [])
-    for start in range(0, len(files), batch_size):
-        chunk = _read_chunk(files[start : start + batch_size], spec.model.in_channels, exif_orientation, result.failed,
-                            on_failure)  # fmt: skip
-        if not chunk:
-            continue
-        batch = torch.stack([_resize(img, size) for _, img in chunk]).to(dev)
-        with torch.inference_mode():
-            labels = class_ids(main_output(model(normalize(batch)))).cpu()
-        for (path, img), label in zip(chunk, labels, strict=True):
-            mask = _resize_mask(label, (img.shape[-2], img.shape[-1]))
-            pil = Image.fromarray(mask.numpy().astype(np.uint8))  # "L", becomes "P" with the palette
-            pil.putpalette(colours)
-            result.masks.append(_save_png(pil, folders[0] / f"{path.stem}.png", result, len(files)))
-            if overlays:
-                painted = _overlay(img, mask, colours)
-                result.overlays.append(_save_png(painted, folders[1] / f"{path.stem}.png", result, len(files)))
+    _save(folders["masks"] / LABELS, lambda tmp: tmp.write_text(fmt.label_map()), 0, len(files))
+    outputs = _Outputs(folders, fmt, spec.colors(), probabilities)
+    result = PredictResult([], [], [], [], [])
+    todo: list[Path] = []
+    for path in files:
+        (result.skipped if skip_existing and outputs.done(path) else todo).append(path)
+    bar = tqdm(total=len(files), initial=len(result.skipped), unit="image", file=sys.stderr, dynamic_ncols=True,
+               disable=not (progress and sys.stderr.isatty()))  # fmt: skip
+    pending: deque[tuple[Path, torch.Tensor]] = deque()  # the images whose logits are still to come, in order
+
+    def batches() -> Iterator[torch.Tensor]:
+        for path in todo:
+            image = _read(path, spec.model.in_channels, exif_orientation, result.failed, on_failure, bar)
+            if image is None:
+                continue
+            pending.append((path, image))
+            size = training_scale_size(image.shape[-2], image.shape[-1], spec.preprocessing.size)  # type: ignore[arg-type]
+            yield _resize(image, size)[None]
+
+    forward = Forward(model, tile=tile, overlap=overlap, blend=blend, sw_batch_size=batch_size, tta=tta)
+    with bar:
+        for logits in predict_iter(forward, batches(), device=dev, batch_transform=normalizer(spec)):
+            path, image = pending.popleft()
+            outputs.write(path, image, logits[0], result, len(files))
+            bar.update(1)
     return result
 
 
@@ -123,15 +170,94 @@ def class_ids(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
 
 
-def _output_folders(images: Path, out: Path, overlays: bool) -> list[Path]:
-    """``[out]`` or ``[out, out/overlays]``, after refusing any that is the images folder or a file."""
-    folders = [out, out / OVERLAYS] if overlays else [out]
-    for folder in folders:
+class _Outputs:
+    """The files of one image: its mask, and its probability map and overlay when asked; each written whole."""
+
+    def __init__(self, folders: dict[str, Path], fmt: MaskFormat, colours: list[Any], probabilities: str | None):
+        self.folders, self.fmt, self.colours, self.probabilities = folders, fmt, colours, probabilities
+
+    def paths(self, path: Path) -> dict[str, Path]:
+        paths = {"masks": self.folders["masks"] / self.fmt.file_name(path.stem)}
+        if "overlays" in self.folders:
+            paths["overlays"] = self.folders["overlays"] / f"{path.stem}.png"
+        if "probabilities" in self.folders:
+            paths["probabilities"] = self.folders["probabilities"] / f"{path.stem}.{self.probabilities}"
+        return paths
+
+    def done(self, path: Path) -> bool:
+        return all(target.is_file() for target in self.paths(path).values())
+
+    def write(self, path: Path, image: torch.Tensor, logits: torch.Tensor, result: PredictResult, total: int) -> None:
+        """Resize ``[K, h, w]`` logits to the image a band at a time, and write the outputs of ``path``."""
+        from trainkit.inference import to_class_ids, to_probabilities
+
+        height, width = image.shape[-2:]
+        paths = self.paths(path)
+        ids = np.empty((height, width), dtype=np.uint8)
+        target = paths.get("probabilities")
+        try:
+            opened = (
+                open_probabilities(target, (logits.shape[0], height, width), self.probabilities)  # type: ignore[arg-type]
+                if target is not None
+                else contextlib.nullcontext(None)
+            )
+            with opened as maps:
+                for row, band in bilinear_bands(logits, (height, width)):
+                    ids[row : row + band.shape[1]] = to_class_ids(band).numpy()
+                    if maps is not None:
+                        maps[:, row : row + band.shape[1]] = to_probabilities(band).numpy()
+        except OSError as err:
+            raise _write_error(err, target, len(result.masks), total) from err
+        if target is not None:
+            result.probabilities.append(target)
+        mask = self.fmt.image(ids)
+        result.masks.append(_save(paths["masks"], _png(mask), len(result.masks), total))
+        if "overlays" in paths:
+            painted = overlay(image, ids, self.colours)
+            result.overlays.append(_save(paths["overlays"], _png(painted), len(result.masks), total))
+
+
+def _check_options(
+    tile: Any, overlap: Any, blend: str, tta: str | None, encoding: str, probabilities: str | None
+) -> None:
+    from trainkit.inference import BLENDS
+
+    if tile is not None and (len(tile) != 2 or min(tile) < 1):
+        raise ValueError(f"`tile` must be (height, width) of positive ints, got {tile!r}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"`overlap` must be a fraction of the window in [0, 1), got {overlap!r}")
+    for name, value, allowed in (("blend", blend, BLENDS), ("tta", tta, (None, *TTA_MODES)),
+                                 ("encoding", encoding, ENCODINGS),
+                                 ("probabilities", probabilities, (None, *PROBABILITY_FORMATS))):  # fmt: skip
+        if value not in allowed:
+            raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
+
+
+def _check_tile(model: torch.nn.Module, name: str, tile: tuple[int, int] | None) -> None:
+    """Refuse windows the model cannot take (smp encoders need multiples of their output stride)."""
+    multiple = size_multiple(model)
+    if tile is None or (tile[0] % multiple == 0 and tile[1] % multiple == 0):
+        return
+    fit = "x".join(str(-(-side // multiple) * multiple) for side in tile)
+    raise ValueError(
+        f"--tile {tile[0]}x{tile[1]} does not fit {name}: its encoder needs a height and width divisible by "
+        f"{multiple}; use --tile {fit}"
+    )
+
+
+def _output_folders(images: Path, out: Path, overlays: bool, probabilities: str | None) -> dict[str, Path]:
+    """The output folders by role (``masks`` is ``out``), after refusing any that is the images folder or a file."""
+    folders = {"masks": out}
+    if overlays:
+        folders["overlays"] = out / OVERLAYS
+    if probabilities is not None:
+        folders["probabilities"] = out / PROBABILITIES
+    for role, folder in folders.items():
         if _same_folder(folder, images):
-            what, outputs = ("--out", "masks") if folder == out else (f"--out/{OVERLAYS}", "overlays")
+            what = "--out" if role == "masks" else f"--out/{folder.name}"
             raise ValueError(
-                f"{what} {folder} is the --images folder {images}: the {outputs} would be written among the "
-                "images (and replace any PNG of the same name); choose another --out folder"
+                f"{what} {folder} is the --images folder {images}: the {role} would be written among the "
+                "images (and replace any file of the same name); choose another --out folder"
             )
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"--out {folder} is a file; give a folder for the masks (it is created)")
@@ -171,69 +297,56 @@ def _make_folder(folder: Path) -> None:
         raise OSError(err.errno, f"cannot create the output folder {folder} ({err.strerror})") from err
 
 
-def _read_chunk(
-    paths: list[Path],
+def _read(
+    path: Path,
     channels: int,
     exif_orientation: bool,
     failed: list[tuple[Path, str]],
     on_failure: Callable[[Path, str], None] | None,
-) -> list[tuple[Path, torch.Tensor]]:
-    """The images of ``paths`` that decode, as ``[channels, H, W]`` uint8; the others are added to ``failed``."""
+    bar: Any,
+) -> torch.Tensor | None:
+    """The image as ``[channels, H, W]`` uint8, or ``None`` when it cannot be read (added to ``failed``)."""
     from trainkit.data import read_image
     from trainkit.errors import DataError
 
-    chunk = []
-    for path in paths:
-        try:
-            chunk.append((path, read_image(path, channels=channels, exif_orientation=exif_orientation)))
-        except (DataError, OSError) as err:
-            reason = str(err) if isinstance(err, DataError) else f"cannot read it ({err.strerror or err})"
-            reason = reason if str(path) in reason else f"{path}: {reason}"
-            failed.append((path, reason))
-            if on_failure is not None:
-                on_failure(path, reason)
-    return chunk
-
-
-def _save_png(image: Any, target: Path, result: PredictResult, total: int) -> Path:
-    """Write ``image`` as ``target`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")  # hidden: never listed as an image
     try:
-        # No fsync: the rename already keeps a crash or kill from leaving a partial PNG under the real name,
-        # and a sync per mask would slow a folder of thousands for the sake of a power cut.
+        return read_image(path, channels=channels, exif_orientation=exif_orientation)
+    except (DataError, OSError) as err:
+        reason = str(err) if isinstance(err, DataError) else f"cannot read it ({err.strerror or err})"
+        reason = reason if str(path) in reason else f"{path}: {reason}"
+        failed.append((path, reason))
+        if on_failure is not None:
+            with bar.external_write_mode(file=sys.stderr):  # the line above the progress bar, not through it
+                on_failure(path, reason)
+        bar.update(1)
+        return None
+
+
+def _png(image: Any) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             image.save(handle, format="PNG")
-        os.replace(tmp, target)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(err, OSError):
-            raise
-        raise OSError(
-            err.errno,
-            f"cannot write {target} ({err.strerror or err}); {len(result.masks)} of {total} masks were written "
-            "before, each complete",
-        ) from err
-    return target
+
+    return write
 
 
-def _resize(image: torch.Tensor, size: Any) -> torch.Tensor:
+def _save(target: Path, write: Callable[[Path], object], written: int, total: int) -> Path:
+    """``write_atomically``, its ``OSError`` naming the file and how many masks were written before."""
+    try:
+        return write_atomically(target, write)
+    except OSError as err:
+        raise _write_error(err, target, written, total) from err
+
+
+def _write_error(err: OSError, target: Path | None, written: int, total: int) -> OSError:
+    where = f"{target} " if target is not None else ""
+    return OSError(
+        err.errno,
+        f"cannot write {where}({err.strerror or err}); {written} of {total} masks were written before, each complete",
+    )
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as F
 
     return F.resize(image, list(size), antialias=True)
-
-
-def _resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    return F.resize(mask[None], list(size), interpolation=InterpolationMode.NEAREST)[0]
-
-
-def _overlay(image: torch.Tensor, mask: torch.Tensor, colours: list[int]) -> Any:
-    from PIL import Image
-
-    rgb = image.permute(1, 2, 0).numpy().astype(np.float32)
-    table = np.asarray(colours, dtype=np.float32).reshape(-1, 3)
-    painted = table[mask.numpy()]
-    alpha = np.where(mask.numpy()[..., None] > 0, 0.5, 0.0)
-    return Image.fromarray((rgb * (1 - alpha) + painted * alpha).astype(np.uint8))
