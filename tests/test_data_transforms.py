@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 from torchvision.ops import masks_to_boxes
 
 from trainkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchNormalize, eval_preset, train_preset
@@ -71,6 +72,16 @@ def test_color_jitter_changes_the_image_only() -> None:
     jittered_image, jittered_mask = train_preset(32, normalize=False, color_jitter=0.5)(image, mask)
     assert torch.equal(plain_mask, jittered_mask)
     assert not torch.equal(plain_image, jittered_image)
+
+
+def test_hue_is_kept_unless_asked_for() -> None:
+    def jitter(preset: v2.Compose) -> v2.ColorJitter:
+        return next(t for t in preset.transforms if isinstance(t, v2.ColorJitter))
+
+    assert jitter(train_preset(32, color_jitter=0.2)).hue is None
+    assert jitter(train_preset(32, color_jitter=0.2)).brightness == (0.8, 1.2)
+    assert jitter(train_preset(32, color_jitter=0.0, hue=0.1)).hue == (-0.1, 0.1)
+    assert not any(isinstance(t, v2.ColorJitter) for t in train_preset(32, color_jitter=0.0).transforms)
 
 
 def test_deterministic_flip_on_plain_tensors() -> None:
@@ -245,6 +256,7 @@ def test_batch_normalize_rejects_bad_statistics() -> None:
         ({"size": 8, "scale": (2.0, 1.0)}, ValueError, r"`scale` must be a pair \(low, high\)"),
         ({"size": 8, "hflip": 1.5}, ValueError, r"`hflip` is a probability in \[0, 1\], got 1.5"),
         ({"size": 8, "color_jitter": -0.1}, ValueError, "`color_jitter` must be >= 0"),
+        ({"size": 8, "hue": 0.6}, ValueError, r"`hue` is the largest hue shift, in \[0, 0.5\]"),
     ],
 )
 def test_train_preset_rejects_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None:
