@@ -1,4 +1,6 @@
-"""The `trainkit` command end to end, each command in a subprocess on tiny data."""
+"""The `trainkit` command end to end on tiny data: in this process (`run_cli`), and as `python -m trainkit`
+(`run_subprocess`) for one train, predict and demo, and where a process is the point (the console script, file
+permissions under `setpriv`)."""
 
 from __future__ import annotations
 
@@ -16,16 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_runner import run_cli, run_subprocess
 from trainkit.cli import main
 
 COMMANDS = ("demo", "train", "lr-find", "predict", "evaluate", "export", "check", "synth", "summary")
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "trainkit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=240
-    )
 
 
 def train_args(shapes: Path, run_dir: Path, *, epochs: int) -> list[str]:
@@ -41,7 +37,7 @@ def train_args(shapes: Path, run_dir: Path, *, epochs: int) -> list[str]:
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli") / "shapes"
-    result = run("synth", str(root), "--n", "12", "--size", "32", "--seed", "1")
+    result = run_cli("synth", str(root), "--n", "12", "--size", "32", "--seed", "1")
     assert result.returncode == 0, result.stderr
     return root
 
@@ -49,7 +45,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(shapes: Path) -> Path:
     run_dir = shapes.parent / "run"
-    result = run(*train_args(shapes, run_dir, epochs=1))
+    result = run_cli(*train_args(shapes, run_dir, epochs=1))
     assert result.returncode == 0, result.stderr
     assert "train: 1 epochs" in result.stdout
     return run_dir
@@ -72,7 +68,7 @@ def test_train_writes_checkpoints_and_metrics(trained: Path) -> None:
 def test_train_resume_last_continues_to_more_epochs(trained: Path, shapes: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "resumed"
     shutil.copytree(trained, run_dir)
-    result = run(*train_args(shapes, run_dir, epochs=2), "--resume", "last")
+    result = run_subprocess(*train_args(shapes, run_dir, epochs=2), "--resume", "last")
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
     rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
@@ -86,7 +82,7 @@ def test_predict_writes_one_palette_mask_per_image_with_the_same_stem(trained: P
     for name, (h, w) in {"a1": (40, 30), "a2": (32, 32), "a10": (20, 50)}.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{name}.png")
     out = tmp_path / "out"
-    result = run(
+    result = run_subprocess(
         "predict",
         "--checkpoint",
         str(trained / "checkpoints" / "best.pt"),
@@ -108,13 +104,13 @@ def test_predict_writes_one_palette_mask_per_image_with_the_same_stem(trained: P
 
 
 def test_summary_prints_the_layer_table(trained: Path) -> None:
-    result = run("summary", str(trained / "checkpoints" / "best.pt"))
+    result = run_cli("summary", str(trained / "checkpoints" / "best.pt"))
     assert result.returncode == 0, result.stderr
     assert "UNet" in result.stdout and "Total params" in result.stdout
 
 
 def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path) -> None:
-    good = run(
+    good = run_cli(
         "check",
         "--images",
         str(shapes / "PNGImages"),
@@ -130,7 +126,7 @@ def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path
     shutil.copytree(shapes, bad)
     (bad / "PNGImages" / "shape_000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (bad / "SemanticMasks" / "shape_001_mask.png").unlink()
-    result = run(
+    result = run_cli(
         "check",
         "--images",
         str(bad / "PNGImages"),
@@ -148,7 +144,7 @@ def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path
 
 def test_demo_runs_offline_and_leaves_its_outputs(tmp_path: Path) -> None:
     run_dir = tmp_path / "demo"
-    result = run(
+    result = run_subprocess(
         "demo",
         "--run-dir",
         str(run_dir),
@@ -208,7 +204,7 @@ def test_bad_arguments_give_one_clear_line_and_status_2(
 
 
 def test_missing_folder_is_one_line_and_status_1(tmp_path: Path) -> None:
-    result = run("check", "--images", str(tmp_path / "nope"), "--masks", str(tmp_path / "nope2"))
+    result = run_cli("check", "--images", str(tmp_path / "nope"), "--masks", str(tmp_path / "nope2"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "nope" in result.stderr or "nope" in result.stdout
@@ -219,8 +215,8 @@ def test_predict_skips_hidden_files(trained: Path, tmp_path: Path) -> None:
     images.mkdir()
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(images / "a.png")
     (images / "._a.png").write_bytes(b"AppleDouble metadata, not an image")
-    result = run("predict", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--images", str(images),
-                 "--out", str(tmp_path / "out"), "--device", "cpu")  # fmt: skip
+    result = run_cli("predict", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--images", str(images),
+                     "--out", str(tmp_path / "out"), "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "labels.txt"]
 
@@ -242,8 +238,8 @@ def _contents(folder: Path) -> dict[str, bytes]:
 
 def _predict(trained: Path, images: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     checkpoint = str(trained / "checkpoints" / "best.pt")
-    return run("predict", "--checkpoint", checkpoint, "--images", str(images), "--out", str(out), "--device", "cpu",
-               *extra)  # fmt: skip
+    return run_cli("predict", "--checkpoint", checkpoint, "--images", str(images), "--out", str(out), "--device", "cpu",
+                   *extra)  # fmt: skip
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str], pattern: str) -> None:
@@ -329,11 +325,8 @@ def test_predict_reports_an_image_without_read_permission(trained: Path, tmp_pat
     photos = _photos(tmp_path / "photos", {"a.png": (24, 24), "b.png": (24, 24)})
     (photos / "a.png").chmod(0o000)
     checkpoint = str(trained / "checkpoints" / "best.pt")
-    result = subprocess.run(
-        [*prefix, sys.executable, "-m", "trainkit", "predict", "--checkpoint", checkpoint, "--images", str(photos),
-         "--out", str(tmp_path / "out"), "--device", "cpu"],
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+    result = run_subprocess("predict", "--checkpoint", checkpoint, "--images", str(photos), "--out",
+                            str(tmp_path / "out"), "--device", "cpu", prefix=prefix)  # fmt: skip
     assert result.returncode == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png", "labels.txt"]
     assert re.search(r"skipped .*a\.png: .*[Pp]ermission denied", result.stderr), result.stderr
@@ -443,11 +436,11 @@ def test_an_output_path_that_is_a_file_is_one_clear_line(trained: Path, tmp_path
     result = _predict(trained, photos, taken)
     assert result.returncode == 1
     _one_error_line(result, r"trainkit predict: error: --out .*taken is a file; give a folder for the masks")
-    result = run("synth", str(taken), "--n", "2", "--size", "16")
+    result = run_cli("synth", str(taken), "--n", "2", "--size", "16")
     assert result.returncode == 1
     _one_error_line(result, r"trainkit synth: error: .*taken is a file; `trainkit synth` writes a dataset folder: "
                             r"give a folder path")  # fmt: skip
-    result = run("synth", str(taken / "inside"), "--n", "2", "--size", "16")
+    result = run_cli("synth", str(taken / "inside"), "--n", "2", "--size", "16")
     assert result.returncode == 1
     _one_error_line(result, r"trainkit synth: error: .*taken/inside.*: Not a directory; a file is in the way where a "
                             r"folder is needed: choose another path")  # fmt: skip
@@ -460,7 +453,7 @@ def test_a_corrupt_image_read_in_a_worker_is_the_same_one_line(shapes: Path, tmp
     shutil.copytree(shapes, bad)
     (bad / "PNGImages" / "shape_003.png").write_bytes(b"garbage")
     for workers in ("0", "2"):
-        result = run(*train_args(bad, tmp_path / f"run{workers}", epochs=1), "--workers", workers)
+        result = run_cli(*train_args(bad, tmp_path / f"run{workers}", epochs=1), "--workers", workers)
         assert result.returncode == 1
         pattern = r"^trainkit train: error: .*PNGImages/shape_003\.png: cannot decode .*re-export it, or remove it"
         _one_error_line(result, pattern)
@@ -471,9 +464,7 @@ def test_an_unwritable_checkpoint_folder_is_refused_before_training(shapes: Path
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints").chmod(0o555)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([*prefix, sys.executable, "-m", "trainkit", *train_args(shapes, run_dir, epochs=2)],
-                            capture_output=True, text=True, env=env, timeout=240)  # fmt: skip
+    result = run_subprocess(*train_args(shapes, run_dir, epochs=2), prefix=prefix)
     assert result.returncode == 1
     assert "epoch 1" not in result.stdout  # refused before training, not after the first epoch
     _one_error_line(result, r"^trainkit train: error: .*run/checkpoints.* is not writable.*fix its permissions or "
@@ -486,13 +477,13 @@ def test_train_refuses_to_replace_a_finished_run_unless_told_to_overwrite(
     run_dir = tmp_path / "finished"
     shutil.copytree(trained, run_dir)
     before = {k: v for k, v in _contents(run_dir).items() if k != ".trainkit.lock"}  # the lock names its holder
-    result = run(*train_args(shapes, run_dir, epochs=1))
+    result = run_cli(*train_args(shapes, run_dir, epochs=1))
     assert result.returncode == 1
     _one_error_line(
         result, r"^trainkit train: error: .*finished'` already holds a run .*`--overwrite` on the command line"
     )
     assert {k: v for k, v in _contents(run_dir).items() if k != ".trainkit.lock"} == before
-    result = run(*train_args(shapes, run_dir, epochs=1), "--overwrite")
+    result = run_cli(*train_args(shapes, run_dir, epochs=1), "--overwrite")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1"]

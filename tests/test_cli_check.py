@@ -1,13 +1,11 @@
 """`trainkit check` on the data people have: 0/255 masks (`--target`), COCO exports (`--annotations`), phone
-photos (`--no-exif-orientation`); and `train --class-names`. Each in a subprocess on tiny generated files."""
+photos (`--no-exif-orientation`); and `train --class-names`. On tiny generated files, in this process
+(`run_cli`) but for one `python -m trainkit check` (`run_subprocess`)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +14,8 @@ import torch
 from PIL import Image
 
 import trainkit
+from cli_runner import run_cli, run_subprocess
 from trainkit.cli import main
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "trainkit", *args], capture_output=True, text=True, env=env, timeout=240
-    )
 
 
 def status_and_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str]:
@@ -53,11 +45,11 @@ def folders(root: Path, masks: str = "Binary") -> list[str]:
 
 
 def test_0_255_masks_read_as_class_ids_are_an_error_that_proposes_target_binary(binary_masks: Path) -> None:
-    result = run("check", *folders(binary_masks))
+    result = run_subprocess("check", *folders(binary_masks))
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"the masks hold only the values 0 and 255.*\(`--target binary`\)", result.stdout)
     assert "result: FAILED (1 errors" in result.stdout
-    result = run("check", *folders(binary_masks), "--target", "binary")
+    result = run_subprocess("check", *folders(binary_masks), "--target", "binary")
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"class histogram \(pixels\): 0: \d+ .*, 1: \d+", result.stdout)  # 255 read as class 1
     assert "suggested pos_weight (n_negative / n_positive)" in result.stdout
@@ -72,8 +64,8 @@ def test_threshold_sets_the_foreground_of_binary_masks(binary_masks: Path, tmp_p
         Image.fromarray(values, mode="L").save(noisy / mask.name)
     counts = {}
     for extra in ([], ["--threshold", "127"]):
-        result = run("check", "--images", str(binary_masks / "PNGImages"), "--masks", str(noisy), "--mask-suffix",
-                     "_mask", "--target", "binary", *extra)  # fmt: skip
+        result = run_cli("check", "--images", str(binary_masks / "PNGImages"), "--masks", str(noisy), "--mask-suffix",
+                         "_mask", "--target", "binary", *extra)  # fmt: skip
         assert result.returncode == 0, result.stdout
         counts[len(extra)] = int(re.search(r"1: (\d+) \(", result.stdout).group(1))  # type: ignore[union-attr]
     assert counts[2] < counts[0]  # above 127: the fringe of 40 is background
@@ -95,12 +87,12 @@ def test_annotations_check_a_coco_file(tmp_path: Path) -> None:
     }  # fmt: skip
     annotations = tmp_path / "instances.json"
     annotations.write_text(json.dumps(coco))
-    result = run("check", "--images", str(images), "--annotations", str(annotations))
+    result = run_cli("check", "--images", str(images), "--annotations", str(annotations))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"annotations={annotations}" in result.stdout
     assert re.search(r"class histogram \(pixels\): 0: \d+ .*, 1: \d+ .*, 2: \d+", result.stdout)  # ids 7, 9 -> 1, 2
     (images / "b.png").unlink()
-    result = run("check", "--images", str(images), "--annotations", str(annotations), "--target", "binary")
+    result = run_cli("check", "--images", str(images), "--annotations", str(annotations), "--target", "binary")
     assert result.returncode == 1
     assert "b.png" in result.stdout and "Traceback" not in result.stdout + result.stderr
 
@@ -113,10 +105,10 @@ def test_no_exif_orientation_reads_photos_as_stored(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "images" / "IMG_1.jpg", exif=exif)
     Image.fromarray(np.zeros((30, 40), dtype=np.uint8)).save(tmp_path / "masks" / "IMG_1.png")  # on the stored pixels
     args = ["check", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--num-classes", "2"]
-    result = run(*args)
+    result = run_cli(*args)
     assert result.returncode == 1
     assert re.search(r"IMG_1.*EXIF", result.stdout), result.stdout
-    result = run(*args, "--no-exif-orientation")
+    result = run_cli(*args, "--no-exif-orientation")
     assert result.returncode == 0, result.stdout
     assert "image sizes (WxH): 40x30 (1)" in result.stdout
 
@@ -154,10 +146,10 @@ def test_color_map_help_names_cvat_labelmap(capsys: pytest.CaptureFixture[str]) 
 
 def test_train_records_class_names_in_the_checkpoint(binary_masks: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run("train", *folders(binary_masks, "SemanticMasks"), "--num-classes", "4", "--class-names",
-                 "background, circle,square,triangle", "--size", "24", "--epochs", "1", "--batch-size", "2",
-                 "--base-channels", "4", "--depth", "2", "--run-dir", str(run_dir), "--device", "cpu",
-                 "--no-progress", "--amp", "off")  # fmt: skip
+    result = run_cli("train", *folders(binary_masks, "SemanticMasks"), "--num-classes", "4", "--class-names",
+                     "background, circle,square,triangle", "--size", "24", "--epochs", "1", "--batch-size", "2",
+                     "--base-channels", "4", "--depth", "2", "--run-dir", str(run_dir), "--device", "cpu",
+                     "--no-progress", "--amp", "off")  # fmt: skip
     assert result.returncode == 0, result.stderr
     spec = trainkit.load_checkpoint(run_dir / "checkpoints" / "best.pt")["extra"]["spec"]
     assert spec["classes"]["names"] == ["background", "circle", "square", "triangle"]
@@ -185,8 +177,8 @@ def test_class_names_are_one_per_class(args: list[str], expected: str, capsys: p
 def test_class_names_that_do_not_fit_the_color_map_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "class_dict.csv").write_text("name,r,g,b\nbackground,0,0,0\ncar,255,0,0\n")
     color_map = str(tmp_path / "class_dict.csv")
-    result = run("train", "--images", str(tmp_path), "--masks", str(tmp_path), "--color-map", color_map,
-                 "--class-names", "a,b,c", "--run-dir", str(tmp_path / "run"))  # fmt: skip
+    result = run_cli("train", "--images", str(tmp_path), "--masks", str(tmp_path), "--color-map", color_map,
+                     "--class-names", "a,b,c", "--run-dir", str(tmp_path / "run"))  # fmt: skip
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.match(r"trainkit train: error: `class_names` \(--class-names\) gives 3 names for 2 "

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +10,8 @@ import pytest
 import torch
 
 import trainkit
+from cli_runner import run_cli, run_subprocess
 from trainkit.cli import main
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "trainkit", *args], capture_output=True, text=True, env=env, timeout=240
-    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_export_onnx_checks_two_sizes_and_runs_in_onnxruntime(checkpoint: Path, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "deploy" / "model.onnx"
-    result = run("export", "--checkpoint", str(checkpoint), "--out", str(out))
+    result = run_subprocess("export", "--checkpoint", str(checkpoint), "--out", str(out))
     assert result.returncode == 0, result.stderr
     match = re.search(rf"{re.escape(str(out))} \(onnx, float32 input\): max \|diff\| vs PyTorch (\S+) at 32x32, (\S+) "
                       r"at \d+x\d+ \(tolerance 1e-04\)", result.stdout)  # fmt: skip
@@ -51,8 +42,8 @@ def test_export_onnx_checks_two_sizes_and_runs_in_onnxruntime(checkpoint: Path, 
 
 def test_export_program_with_embedded_preprocessing_takes_raw_pixels(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.pt2"
-    result = run("export", "--checkpoint", str(checkpoint), "--format", "exported-program", "--out", str(out),
-                 "--embed-preprocessing", "--size", "32", "--size", "40x24", "--dynamic-batch")  # fmt: skip
+    result = run_cli("export", "--checkpoint", str(checkpoint), "--format", "exported-program", "--out", str(out),
+                     "--embed-preprocessing", "--size", "32", "--size", "40x24", "--dynamic-batch")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert re.search(r"\(exported-program, uint8 input\): max \|diff\| vs PyTorch \S+ at 32x32, \S+ at 40x24",
                      result.stdout)  # fmt: skip
@@ -68,8 +59,8 @@ def test_export_program_with_embedded_preprocessing_takes_raw_pixels(checkpoint:
 
 def test_export_static_fixes_the_size(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "static.pt2"
-    result = run("export", "--checkpoint", str(checkpoint), "--format", "exported-program", "--out", str(out),
-                 "--static", "--size", "32x48")  # fmt: skip
+    result = run_cli("export", "--checkpoint", str(checkpoint), "--format", "exported-program", "--out", str(out),
+                     "--static", "--size", "32x48")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert re.search(r"max \|diff\| vs PyTorch \S+ at 32x48 \(tolerance", result.stdout)
     with pytest.raises(Exception, match=r"(?i)shape|size|guard|expected"):
@@ -109,7 +100,7 @@ def test_export_problems_are_one_line_and_write_nothing(checkpoint: Path, tmp_pa
          r"`out` .*m\.onnx must end in \.pt2 for format='exported-program'.*e\.g\. .*m\.pt2"),
     ]  # fmt: skip
     for args, expected in cases:
-        result = run("export", *args)
+        result = run_cli("export", *args)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and re.match(rf"trainkit export: error: .*{expected}", lines[0]), result.stderr

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 import trainkit
+from cli_runner import run_cli, run_subprocess
 from trainkit.cli import main
-
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "trainkit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=240
-    )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +25,7 @@ def data_args(shapes: Path) -> list[str]:
 
 
 def test_lr_find_plots_the_test_and_suggests_a_rate_for_train(shapes: Path, tmp_path: Path) -> None:
-    result = run("lr-find", *data_args(shapes), "--min-lr", "1e-5", "--num-steps", "12", cwd=tmp_path)
+    result = run_cli("lr-find", *data_args(shapes), "--min-lr", "1e-5", "--num-steps", "12", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert re.match(r"LR range test: \d+ steps from 1e-05 to ", lines[-2]), lines
@@ -47,8 +38,8 @@ def test_lr_find_plots_the_test_and_suggests_a_rate_for_train(shapes: Path, tmp_
 
 def test_lr_find_writes_the_plot_to_out_and_takes_the_range_options(shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "plots" / "lr.png"
-    result = run("lr-find", *data_args(shapes), "--min-lr", "1e-4", "--max-lr", "1", "--num-steps", "4",
-                 "--smooth", "0", "--diverge", "1000", "--out", str(out), cwd=tmp_path)  # fmt: skip
+    result = run_subprocess("lr-find", *data_args(shapes), "--min-lr", "1e-4", "--max-lr", "1", "--num-steps", "4",
+                            "--smooth", "0", "--diverge", "1000", "--out", str(out), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "LR range test: 4 steps from 0.0001 to 1;" in result.stdout  # no smoothing, no divergence: all 4 steps
     assert out.is_file()
@@ -83,8 +74,8 @@ def test_lr_find_options_are_refused_in_one_line(
 
 
 def test_lr_find_reports_bad_data_in_one_line(tmp_path: Path) -> None:
-    result = run("lr-find", "--images", str(tmp_path / "nope"), "--masks", str(tmp_path / "nope"), "--num-classes",
-                 "2", "--device", "cpu", cwd=tmp_path)  # fmt: skip
+    result = run_cli("lr-find", "--images", str(tmp_path / "nope"), "--masks", str(tmp_path / "nope"), "--num-classes",
+                     "2", "--device", "cpu", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("trainkit lr-find: error: ") and "nope" in lines[0], lines

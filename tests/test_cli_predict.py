@@ -7,9 +7,7 @@ The masks written are compared with the model's logits computed here independent
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 import trainkit
+from cli_runner import run_cli, run_subprocess
 from trainkit.cli import main
 from trainkit.cli.predict import predict_folder
 from trainkit.data import read_class_dict
@@ -47,20 +46,13 @@ trainkit.models.register("pixel_net", PixelNet)
 
 @pytest.fixture(scope="module")
 def model_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The file that registers `pixel_net`, imported here and by `--import` in the subprocesses."""
+    """The file that registers `pixel_net`, imported here and by the commands' `--import`."""
     from trainkit.cli._model_flags import import_modules
 
     path = tmp_path_factory.mktemp("models") / "pixel_net.py"
     path.write_text(MODEL_MODULE)
     import_modules([str(path)])
     return path
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "trainkit", *args], capture_output=True, text=True, env=env, timeout=240
-    )
 
 
 def make_checkpoint(path: Path, *, num_classes: int = 4, size: int = 16, **classes: Any) -> Path:
@@ -122,8 +114,8 @@ def test_predict_runs_the_model_at_the_training_scale_and_resizes_its_logits(
     checkpoint: Path, model_module: Path, tmp_path: Path
 ) -> None:
     images, out = photos(tmp_path / "photos"), tmp_path / "out"
-    result = run("predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
-                 "--device", "cpu", "--probabilities", "npy", "--import", str(model_module))  # fmt: skip
+    result = run_subprocess("predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
+                            "--device", "cpu", "--probabilities", "npy", "--import", str(model_module))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert re.search(r"wrote 3 masks to .*out and 3 probability maps to .*out/probabilities \(classes in "
                      r".*out/labels\.txt\)", result.stdout)  # fmt: skip
@@ -146,9 +138,9 @@ def test_tiles_and_flip_tta_are_the_library_s_windows_and_mean(
     checkpoint: Path, model_module: Path, tmp_path: Path
 ) -> None:
     images, out = photos(tmp_path / "photos", {"wide": (20, 60)}), tmp_path / "out"  # 16 x 48 at the training scale
-    result = run("predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
-                 "--device", "cpu", "--tile", "16", "--overlap", "0.5", "--blend", "constant", "--tta", "flip",
-                 "--import", str(model_module))  # fmt: skip
+    result = run_cli("predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
+                     "--device", "cpu", "--tile", "16", "--overlap", "0.5", "--blend", "constant", "--tta", "flip",
+                     "--import", str(model_module))  # fmt: skip
     assert result.returncode == 0, result.stderr
     logits = expected_logits(checkpoint, images / "wide.png", window=16, overlap=0.5, blend="constant", flip=True)
     assert_ids_match(np.asarray(Image.open(out / "wide.png")), logits)
@@ -159,8 +151,9 @@ def test_tiles_and_flip_tta_are_the_library_s_windows_and_mean(
 def test_encoding_training_writes_0_255_masks_named_as_the_training_ones(model_module: Path, tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path / "binary.pt", num_classes=2, target="binary", mask_suffix="_mask")
     images, out = photos(tmp_path / "photos"), tmp_path / "out"
-    result = run("predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
-                 "--device", "cpu", "--encoding", "training", "--overlays", "--import", str(model_module))  # fmt: skip
+    result = run_cli("predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
+                     "--device", "cpu", "--encoding", "training", "--overlays",
+                     "--import", str(model_module))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.glob("*.png")) == ["a10_mask.png", "a1_mask.png", "a2_mask.png"]
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a1.png", "a10.png", "a2.png"]
@@ -218,15 +211,15 @@ def test_skip_existing_continues_an_interrupted_prediction(
         "--import",
         str(model_module),
     ]
-    assert run(*args).returncode == 0
+    assert run_cli(*args).returncode == 0
     (out / "a1.png").write_bytes(b"kept: not predicted again")
     (out / "a2.png").unlink()  # the run was interrupted before a2
-    result = run(*args, "--skip-existing")
+    result = run_cli(*args, "--skip-existing")
     assert result.returncode == 0, result.stderr
     assert re.search(r"wrote 1 masks to .*; 2 skipped, their outputs already there", result.stdout), result.stdout
     assert (out / "a1.png").read_bytes() == b"kept: not predicted again"
     assert Image.open(out / "a2.png").size == (32, 32)
-    result = run(*args, "--skip-existing", "--overlays")  # an output asked for now is missing: predicted again
+    result = run_cli(*args, "--skip-existing", "--overlays")  # an output asked for now is missing: predicted again
     assert re.search(r"wrote 3 masks to .* and 3 overlays to", result.stdout), result.stdout
 
 

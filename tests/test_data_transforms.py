@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2
 
 from trainkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchNormalize, eval_preset, train_preset
 

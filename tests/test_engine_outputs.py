@@ -81,7 +81,8 @@ def test_aux_loss_weights_names_and_resizes() -> None:
     named = TwoHeads("named")
     dice_ce = DiceCELoss()
     loss = AuxLoss(dice_ce, aux_weight=0.4, main="seg")
-    out = named(IMAGES)
+    with torch.no_grad():  # the losses' values only: float() of a tensor that requires grad warns
+        out = named(IMAGES)
     assert float(loss(out, MASKS)) == pytest.approx(
         float(dice_ce(out["seg"], MASKS) + 0.4 * dice_ce(out["edges"], MASKS))
     )
@@ -89,7 +90,8 @@ def test_aux_loss_weights_names_and_resizes() -> None:
     assert trainer.predict([IMAGES])[0].shape == (4, 3, 32, 32)  # "seg", named once, for predict too
     assert set(trainer.evaluate([(IMAGES, MASKS)])) == {"loss", "miou"}
     deep = TwoHeads("list")
-    out = deep(IMAGES)
+    with torch.no_grad():
+        out = deep(IMAGES)
     resized = nn.functional.interpolate(out[1], size=(32, 32), mode="bilinear", align_corners=False)
     assert float(AuxLoss(dice_ce)(out, MASKS)) == pytest.approx(
         float(dice_ce(out[0], MASKS) + 0.5 * dice_ce(resized, MASKS))
