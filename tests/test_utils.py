@@ -389,3 +389,15 @@ def test_tensorboard_logger_without_tensorboard_is_a_silent_no_op(tmp_path: Path
         assert not (tmp_path / "tb").exists()
     else:
         assert logger.available is True
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (2, 4, 9, 7), (1, 2, 33, 17), (3, 21, 8, 8)])
+def test_argmax_classes_is_argmax_with_ties_and_nans(shape: tuple[int, ...]) -> None:
+    from trainkit.utils.outputs import argmax_classes
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, shape, generator=g).float()  # three values: ties everywhere
+    logits.view(-1)[::11] = float("nan")
+    for dim in range(len(shape)):
+        assert torch.equal(argmax_classes(logits, dim), logits.argmax(dim))
+    assert torch.equal(argmax_classes(logits.bfloat16()), logits.bfloat16().argmax(1))

@@ -42,6 +42,7 @@ from trainkit.cli._predict_outputs import (
     write_atomically,
 )
 from trainkit.cli.recipe import load_model, normalizer
+from trainkit.utils.outputs import argmax_classes
 
 __all__ = ["PredictResult", "class_ids", "predict_folder"]
 
@@ -167,7 +168,7 @@ def class_ids(logits: torch.Tensor) -> torch.Tensor:
         >>> class_ids(torch.tensor([[[[0.5, -1.0]]]])).tolist()  # one binary logit
         [[[1, 0]]]
     """
-    return logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+    return argmax_classes(logits) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
 
 
 class _Outputs:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from trainkit.utils.outputs import argmax_classes
+
 __all__ = ["ACTIVATIONS", "to_class_ids", "to_probabilities"]
 
 ACTIVATIONS: tuple[str, ...] = ("auto", "softmax", "sigmoid")
@@ -58,7 +60,7 @@ def to_class_ids(logits: torch.Tensor, *, threshold: float = 0.5) -> torch.Tenso
         raise ValueError(f"`threshold` is a probability in (0, 1), got {threshold!r}")
     if logits.shape[-3] == 1:  # sigmoid(x) > t  <=>  x > logit(t): no sigmoid computed
         return (logits[..., 0, :, :].float() > torch.logit(torch.tensor(threshold)).item()).long()
-    return logits.argmax(dim=-3)
+    return argmax_classes(logits, dim=-3)
 
 
 def _check(logits: torch.Tensor) -> None:

@@ -9,7 +9,7 @@ Every metric takes one path, whatever its arguments: ``update`` turns the batch 
 ``[2, N, ...]`` int64 tensor of (target, predicted) ids, and keeps it; the kept ids are counted
 together when they reach 256 batches or 16,384 ids, and before anything reads the counts (``compute``,
 ``state_dict``, ``merge_``, ``to``). On the small batches of a classification loop a kernel costs more
-than its arithmetic (5-20 us each on a CPU), so an update launches two (``argmax`` and the ``stack``
+than its arithmetic (5-20 us each on a CPU), so an update launches two (the ``max`` of the ids and the ``stack``
 that copies the ids) where a hand-written ``correct += (logits.argmax(1) == y).sum()`` launches four;
 the counting, with its range checks and ``ignore_index``, runs once for the group.
 
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainkit.utils.outputs import main_output
+from trainkit.utils.outputs import argmax_classes, main_output
 
 __all__ = ["Metric"]
 
@@ -425,7 +425,7 @@ def as_labels(
             )
         if top_k > 1:
             return preds.topk(top_k, dim=1).indices.movedim(1, 0), target, channels
-        return preds.argmax(1), target, channels
+        return argmax_classes(preds), target, channels
     if preds.shape != target.shape:
         raise ValueError(
             f"`{owner}.update`: preds {tuple(preds.shape)} do not fit target {tuple(target.shape)}; expected "

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MAIN_KEYS", "aux_outputs", "main_output"]
+__all__ = ["MAIN_KEYS", "argmax_classes", "aux_outputs", "main_output"]
 
 MAIN_KEYS: tuple[str, ...] = ("out", "logits")
 """The mapping keys taken as the main output when none is named, in order (torchvision, Hugging Face)."""
@@ -95,3 +95,20 @@ def _kind(outputs: Any) -> str:
     if isinstance(outputs, (tuple, list)):
         return f"a {type(outputs).__name__} of {len(outputs)} without a tensor first"
     return f"a {type(outputs).__name__}"
+
+
+def argmax_classes(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The class ids of ``logits`` along ``dim``: ``logits.argmax(dim)``, computed as ``logits.max(dim).indices``.
+
+    The same ids (the first maximum on ties, as ``argmax``), but PyTorch's CPU ``argmax`` over a dimension that
+    is not the last is 3-46x slower than ``max`` on segmentation logits: 11.9 ms against 0.5 ms for
+    ``[16, 4, 64, 64]``, 47.8 ms against 1.0 ms for ``[1, 2, 512, 512]`` (torch 2.14, 2 cores) - in the
+    demo that was 2.3 s of an epoch's 15, in the metric's update. The metrics, ``predict`` and
+    :func:`trainkit.inference.to_class_ids` take their ids here.
+
+    Example:
+        >>> logits = torch.tensor([[[[0.0, 3.0]], [[1.0, 3.0]]]])  # two pixels; a tie in the second
+        >>> argmax_classes(logits).tolist(), logits.argmax(1).tolist()
+        ([[[1, 0]]], [[[1, 0]]])
+    """
+    return logits.max(dim).indices
