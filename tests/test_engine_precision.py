@@ -28,10 +28,27 @@ def test_modes_resolve_to_a_precision_and_dtype(mode, resolved, dtype) -> None:
 
 
 @pytest.mark.parametrize("mode", ["auto", True])
-def test_auto_is_fp32_on_the_cpu(mode) -> None:
+@pytest.mark.parametrize("amx", [False, True])
+def test_auto_on_the_cpu_is_bf16_with_amx_tiles_and_fp32_without(mode, amx, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     mp = MixedPrecision(mode, device=torch.device("cpu"))
-    assert mp.mode == "fp32" and not mp.enabled
-    assert repr(mp) == "MixedPrecision(mode='fp32', device='cpu')"
+    expected = "bf16" if amx else "fp32"
+    assert mp.mode == expected and mp.enabled is amx
+    assert mp.dtype == (torch.bfloat16 if amx else None)
+    assert repr(mp) == f"MixedPrecision(mode='{expected}', device='cpu')"
+
+
+def test_cpu_has_amx_is_false_when_torch_has_no_probe_or_it_fails(monkeypatch) -> None:
+    from trainkit.engine.precision import cpu_has_amx
+
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert cpu_has_amx() is False
+
+    def broken() -> bool:
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert cpu_has_amx() is False
 
 
 @pytest.mark.parametrize("bad", ["fp8", "float16", "half", 16])

@@ -243,12 +243,15 @@ def test_trainer_fp16_on_cpu_steps_the_step_scheduler_only_for_good_steps() -> N
     assert trainer.precision.scaler.get_scale() == 2.0**16 / 8
 
 
-def test_bf16_on_cpu_trains_and_auto_is_fp32() -> None:
+def test_bf16_on_cpu_trains_and_auto_follows_the_cpu() -> None:
+    from trainkit.engine.precision import cpu_has_amx
+
     trainer = _trainer(_mlp(), amp="bf16")
     assert trainer.precision.mode == "bf16"
     history = trainer.fit(DataLoader(_blobs(64), batch_size=16), epochs=4)
     assert history[-1]["train/loss"] < 0.7 * history[0]["train/loss"]
-    assert _trainer(_mlp(), amp="auto").precision.mode == "fp32"
+    assert _trainer(_mlp(), amp="auto").precision.mode == ("bf16" if cpu_has_amx() else "fp32")
+    assert _trainer(_mlp(), amp=False).precision.mode == "fp32"
 
 
 # ----------------------------------------------------------------------------- clear errors

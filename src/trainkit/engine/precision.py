@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MixedPrecision"]
+__all__ = ["MixedPrecision", "cpu_has_amx"]
 
 _MODES = ("auto", "fp16", "bf16", "fp32")
 
@@ -24,8 +24,10 @@ class MixedPrecision:
     need them (as nanoGPT does with ``GradScaler(enabled=dtype == float16)``).
 
     Modes:
-        * ``"auto"``: on CUDA, bf16 when the GPU supports it, else fp16 with a ``GradScaler``;
-          off (fp32) on CPU and MPS, where autocast is rarely faster.
+        * ``"auto"``: on CUDA, bf16 when the GPU supports it, else fp16 with a ``GradScaler``; on a CPU
+          with AMX tiles (Intel Xeon Sapphire Rapids and later, :func:`cpu_has_amx`), bf16: its convolutions
+          and matrix products run in the tiles (a small UNet trains 2.5-3.6x faster than in fp32 on 2 cores);
+          off (fp32) on other CPUs and on MPS, where autocast is rarely faster.
         * ``"fp16"``: float16 autocast plus a ``torch.amp.GradScaler`` (dynamic loss scaling).
         * ``"bf16"``: bfloat16 autocast, no scaler (bf16 has fp32's exponent range). Works on CPU.
         * ``False``, ``None`` or ``"fp32"``: full precision.
@@ -173,7 +175,24 @@ class MixedPrecision:
         return f"MixedPrecision(mode={self.mode!r}, device={str(self.device)!r})"
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, which run bf16 convolutions and matrix products several times faster than fp32.
+
+    ``amp="auto"`` trains in bf16 on such a CPU. Asked through ``torch.cpu``'s private probe; ``False`` where
+    this PyTorch build has none.
+
+    Example:
+        >>> isinstance(cpu_has_amx(), bool)
+        True
+    """
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except (RuntimeError, AttributeError):
+        return False
+
+
 def _resolve_auto(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_amx() else "fp32"
