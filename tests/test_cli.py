@@ -5,6 +5,7 @@ permissions under `setpriv`)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import os
 import re
@@ -140,6 +141,33 @@ def test_check_passes_on_good_data_and_fails_on_bad(shapes: Path, tmp_path: Path
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert "shape_000.png" in result.stdout and "shape_001" in result.stdout
+
+
+def test_demo_command_defaults_are_run_demos() -> None:
+    import inspect
+
+    from trainkit.cli import build_parser
+    from trainkit.cli.demo import demo_recipe, run_demo
+
+    args = build_parser().parse_args(["demo"])
+    defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
+    for name in ("epochs", "n", "size", "seed", "device"):
+        assert getattr(args, name) == defaults[name], name
+    recipe = demo_recipe("data", None)
+    assert (recipe.epochs, recipe.early_stopping, recipe.val_split) == (defaults["epochs"], False, 0.1)
+
+
+def test_the_demo_recipe_runs_every_planned_epoch(tmp_path: Path) -> None:
+    from trainkit.cli.demo import demo_recipe
+    from trainkit.cli.recipe import build_recipe
+    from trainkit.data import make_shapes
+    from trainkit.engine import EarlyStopping
+
+    data = make_shapes(tmp_path / "data", n=8, size=16, seed=0)
+    trainer = build_recipe(demo_recipe(data, None, size=16, depth=2, progress=False)).trainer
+    assert not any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks.callbacks)
+    default = build_recipe(dataclasses.replace(demo_recipe(data, None, size=16, depth=2), early_stopping=True))
+    assert sum(isinstance(cb, EarlyStopping) for cb in default.trainer.callbacks.callbacks) == 1
 
 
 def test_demo_runs_offline_and_leaves_its_outputs(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def model_options(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
             "with --model-option KEY=VALUE"
         )
     if family == "unet":
-        options = {"base_channels": args.base_channels or 32, "depth": args.depth or 4, **options}
+        options = {"base_channels": args.base_channels or 16, "depth": args.depth or 4, **options}
     elif family == "smp":
         options.update({k: v for k, v in (("encoder_name", args.encoder), ("encoder_weights", args.encoder_weights))
                         if v is not None})  # fmt: skip

@@ -19,7 +19,7 @@ COLOR_MAP_HELP = "class_dict.csv (name,r,g,b) or CVAT's labelmap.txt, for colour
 NO_EXIF_HELP = "read the stored pixels, not turned by the EXIF orientation tag as viewers show photos"
 
 _EXAMPLES = {
-    "demo": "example: trainkit demo --run-dir runs/demo --epochs 28",
+    "demo": "example: trainkit demo --run-dir runs/demo --seed 1",
     "train": "example: trainkit train --images PennFudanPed/PNGImages --masks PennFudanPed/PedMasks "
     "--mask-suffix _mask --target binary --size 256 --epochs 30 (or --model smp:Unet --encoder resnet34 "
     "--encoder-weights imagenet --encoder-lr 1e-4; see docs/models.md)",
@@ -81,12 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_HelpFormatter,
         )
 
-    demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, about 3 minutes on 2 CPU cores)")
+    demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, about 2 minutes on 2 CPU cores)")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, checkpoints, metrics and plots go")
-    demo.add_argument("--epochs", type=types.positive_int, default=28, help="training epochs")
+    demo.add_argument("--epochs", type=types.positive_int, default=6, help="training epochs, all run")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    demo.add_argument("--n", type=types.positive_int, default=480, help="number of synthetic images")
+    demo.add_argument("--n", type=types.positive_int, default=5000, help="number of synthetic images (10%% validate)")
     demo.add_argument("--size", type=types.shapes_size, default=64, help="image size in pixels (at least 16)")
+    demo.add_argument("--seed", type=types.seed, default=0, help="draws the data, seeds the training; in [0, 2**32)")
     demo.add_argument("--no-progress", action="store_true", help="one line an epoch instead of progress bars")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --run-dir")
 
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--class-names", type=types.class_names, metavar="A,B,C", help="one name per class id from 0, "
                        "recorded in the checkpoint (default: the --color-map's names)")  # fmt: skip
     train.add_argument("--epochs", type=types.positive_int, default=20)
-    train.add_argument("--lr", type=types.positive_float, default=1e-3, help="peak learning rate (warm-up, cosine)")
+    train.add_argument("--lr", type=types.positive_float, default=3e-3, help="peak learning rate (warm-up, cosine)")
     train.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
     train.add_argument("--run-dir", default="runs/train")
     train.add_argument("--resume", help="checkpoint path, or 'last' for <run-dir>/checkpoints/last.pt")
@@ -241,7 +242,7 @@ def _model_options(command: argparse.ArgumentParser) -> Any:
     model.add_argument("--weights", help="torchvision whole-model weights from the cache, e.g. DEFAULT (new head)")
     model.add_argument("--model-option", action="append", default=[], type=types.model_option, metavar="KEY=VALUE",
                        help="another builder option, repeatable, e.g. encoder_depth=3 or aux_loss=True")  # fmt: skip
-    model.add_argument("--base-channels", type=types.positive_int, help="UNet width (default 32)")
+    model.add_argument("--base-channels", type=types.positive_int, help="UNet width (default 16)")
     model.add_argument("--depth", type=types.positive_int, help="UNet down-samplings (default 4); --size >= 2**depth")
     model_flags.import_option(model)
     return model

@@ -25,7 +25,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | str:
         >>> args = build_parser().parse_args(["lr-find", "--images", "i", "--masks", "m", "--target", "binary"])
         >>> recipe = recipe_from_args(args)
         >>> recipe.run_dir, recipe.model_options
-        (None, {'base_channels': 32, 'depth': 4})
+        (None, {'base_channels': 16, 'depth': 4})
         >>> recipe_from_args(build_parser().parse_args(["train", "--images", "i", "--masks", "m"]))
         '--num-classes is required for --target semantic (or give --color-map)'
     """

@@ -99,13 +99,14 @@ def _demo(args: argparse.Namespace) -> int:
         device=args.device,
         n=args.n,
         size=args.size,
+        seed=args.seed,
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )
     print(
-        f"demo: val mIoU {result['miou']:.3f} after {result['epochs']} epochs in {result['seconds']:.0f} s; "
-        f"outputs in {result['run_dir']}: checkpoints/best.pt, checkpoints/last.pt, metrics.csv, curves.png, "
-        "predictions.png"
+        f"demo: val mIoU {result['miou']:.3f} after {result['epochs']} epochs (best {result['best_miou']:.3f}), "
+        f"{result['train_seconds']:.0f} s of training, {result['seconds']:.0f} s in all; outputs in "
+        f"{result['run_dir']}: checkpoints/best.pt, checkpoints/last.pt, metrics.csv, curves.png, predictions.png"
     )
     return 0
 
