@@ -166,8 +166,17 @@ def test_the_demo_recipe_runs_every_planned_epoch(tmp_path: Path) -> None:
     data = make_shapes(tmp_path / "data", n=8, size=16, seed=0)
     trainer = build_recipe(demo_recipe(data, None, size=16, depth=2, progress=False)).trainer
     assert not any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks.callbacks)
-    default = build_recipe(dataclasses.replace(demo_recipe(data, None, size=16, depth=2), early_stopping=True))
-    assert sum(isinstance(cb, EarlyStopping) for cb in default.trainer.callbacks.callbacks) == 1
+    asked = build_recipe(dataclasses.replace(demo_recipe(data, None, size=16, depth=2), early_stopping=True))
+    assert sum(isinstance(cb, EarlyStopping) for cb in asked.trainer.callbacks.callbacks) == 1
+
+
+def test_train_runs_every_epoch_unless_told_to_stop_early() -> None:
+    from trainkit.cli import build_parser
+    from trainkit.cli._recipe_args import recipe_from_args
+
+    base = ["train", "--images", "i", "--masks", "m", "--num-classes", "3"]
+    assert recipe_from_args(build_parser().parse_args(base)).early_stopping is False  # type: ignore[union-attr]
+    assert recipe_from_args(build_parser().parse_args([*base, "--early-stop"])).early_stopping is True  # type: ignore[union-attr]
 
 
 def test_demo_runs_offline_and_leaves_its_outputs(tmp_path: Path) -> None:

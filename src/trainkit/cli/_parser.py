@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(train)
     train.add_argument("--class-names", type=types.class_names, metavar="A,B,C", help="one name per class id from 0, "
                        "recorded in the checkpoint (default: the --color-map's names)")  # fmt: skip
-    train.add_argument("--epochs", type=types.positive_int, default=20)
+    train.add_argument("--epochs", type=types.positive_int, default=20, help="epochs, all run unless --early-stop")
+    train.add_argument("--early-stop", action="store_true", help="stop after max(5, epochs // 3) epochs without a "
+                       "better val mIoU")  # fmt: skip
     train.add_argument("--lr", type=types.positive_float, default=3e-3, help="peak learning rate (warm-up, cosine)")
     train.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
     train.add_argument("--run-dir", default="runs/train")

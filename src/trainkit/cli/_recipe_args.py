@@ -80,6 +80,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | str:
                 "overwrite": args.overwrite,
                 "encoder_lr": args.encoder_lr,
                 "freeze_encoder": args.freeze_encoder,
+                "early_stopping": args.early_stop,
                 "progress": not args.no_progress,
             }
             if training

@@ -70,7 +70,6 @@ def demo_recipe(
         progress=progress,
         scale=(1.0, 1.0),  # the shapes are drawn at their final size: flips and colour jitter, no rescaling
         callbacks=list(callbacks or []),
-        early_stopping=False,  # the demo runs the epochs it plans: its score is never picked by stopping on it
     )
 
 

@@ -46,8 +46,10 @@ class Recipe:
     ``base_channels`` and ``depth`` are added to its options. ``encoder_lr`` trains the encoder at its own
     rate and ``freeze_encoder`` keeps it frozen for that many first epochs. ``val_images``/``val_masks``
     validate on that folder instead of a ``val_split`` of the training one. ``scale`` and ``color_jitter`` are
-    :func:`~trainkit.data.transforms.train_preset`'s. ``early_stopping`` ends the run when
-    the monitored score has not improved for ``max(5, epochs // 3)`` epochs; ``False`` runs every planned epoch.
+    :func:`~trainkit.data.transforms.train_preset`'s. Every planned epoch runs (the best one is kept in
+    ``best.pt``): the schedule decays over them, and on a small set the validation score is noisy while the rate
+    is high, so stopping on it ended a 48-image run at epoch 9 of 20 with val mIoU 0.53. ``early_stopping=True``
+    ends the run when the monitored score has not improved for ``max(5, epochs // 3)`` epochs.
 
     Example:
         >>> r = Recipe(images="data/img", masks="data/masks", num_classes=2, epochs=1)
@@ -86,7 +88,7 @@ class Recipe:
     freeze_encoder: int = 0
     val_images: str | None = None
     val_masks: str | None = None
-    early_stopping: bool = True
+    early_stopping: bool = False
 
 
 def load_model(
