@@ -244,10 +244,8 @@ def build_recipe(recipe: Recipe) -> RecipeParts:
     monitor = "val/miou" if val_loader is not None else "train/loss"
     freeze = [FreezeEncoder(recipe.freeze_encoder)] if recipe.freeze_encoder else []
     saving = [_checkpoint(monitor)] if recipe.run_dir is not None else []
-    patience = max(5, recipe.epochs // 3)
-    stopping = [EarlyStopping(monitor, mode="max" if "miou" in monitor else "min", patience=patience)]
-    if not recipe.early_stopping:
-        stopping = []
+    mode, patience = ("max" if "miou" in monitor else "min"), max(5, recipe.epochs // 3)
+    stopping = [EarlyStopping(monitor, mode=mode, patience=patience)] if recipe.early_stopping else []
     trainer = Trainer(
         model,
         optimizer,
