@@ -81,6 +81,14 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def status_and_line(*args: str) -> tuple[int, str]:
+    """``trainkit ARGS`` in this process (:func:`run_cli`): its exit status and the one line it printed on stderr."""
+    result = run_cli(*args)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return result.returncode, lines[0]
+
+
 def _call_main(argv: list[str]) -> int:
     try:
         return main(argv)

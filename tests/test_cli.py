@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_runner import run_cli, run_subprocess
+from cli_runner import run_cli, run_subprocess, status_and_line
 from trainkit.cli import main
 
 COMMANDS = ("demo", "train", "lr-find", "predict", "evaluate", "export", "check", "synth", "summary")
@@ -227,17 +227,10 @@ def test_every_command_has_help_with_an_example(command: str, capsys: pytest.Cap
         (["train", "--images", "a", "--masks", "b"], "--num-classes is required"),
     ],
 )
-def test_bad_arguments_give_one_clear_line_and_status_2(
-    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    try:
-        status = main(args)
-    except SystemExit as exit_info:
-        status = exit_info.code
+def test_bad_arguments_give_one_clear_line_and_status_2(args: list[str], expected: str) -> None:
+    status, line = status_and_line(*args)
     assert status == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert expected in lines[0]
+    assert expected in line
 
 
 def test_missing_folder_is_one_line_and_status_1(tmp_path: Path) -> None:
@@ -426,22 +419,15 @@ def test_predict_writes_each_file_whole_or_not_at_all(
         (["summary", "x.pt", "--depth", "-1"], r"argument --depth: expected a positive integer"),
     ],
 )
-def test_every_numeric_option_must_be_finite_and_in_range(
-    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_every_numeric_option_must_be_finite_and_in_range(args: list[str], expected: str) -> None:
     required = {
         "train": ["--images", "a", "--masks", "b", "--num-classes", "3"],
         "predict": ["--checkpoint", "c.pt", "--images", "a", "--out", "o"],
         "check": ["--images", "a", "--masks", "b"],
     }
-    try:
-        status = main([*args, *required.get(args[0], [])])
-    except SystemExit as exit_info:
-        status = exit_info.code
+    status, line = status_and_line(*args, *required.get(args[0], []))
     assert status == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert re.search(rf"^trainkit {args[0]}: error: {expected}.*\(see `trainkit {args[0]} --help`\)$", lines[0])
+    assert re.search(rf"^trainkit {args[0]}: error: {expected}.*\(see `trainkit {args[0]} --help`\)$", line)
 
 
 def test_a_binary_color_map_is_named_in_one_line(

@@ -14,19 +14,8 @@ import torch
 from PIL import Image
 
 import trainkit
-from cli_runner import run_cli, run_subprocess
+from cli_runner import run_cli, run_subprocess, status_and_line
 from trainkit.cli import main
-
-
-def status_and_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str]:
-    """Run `trainkit ARGS` in this process: the exit status and the one line it printed on stderr."""
-    try:
-        status: int | str | None = main(args)
-    except SystemExit as exit_info:
-        status = exit_info.code
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return status, lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +118,8 @@ def test_no_exif_orientation_reads_photos_as_stored(tmp_path: Path) -> None:
          r"--mask-suffix, --num-classes read a folder of masks, not --annotations: .*drop them"),
     ],
 )  # fmt: skip
-def test_check_options_are_refused_in_one_line(
-    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status, line = status_and_line(["check", *args], capsys)
+def test_check_options_are_refused_in_one_line(args: list[str], expected: str) -> None:
+    status, line = status_and_line("check", *args)
     assert status == 2
     assert re.search(rf"^trainkit check: error: {expected}.*\(see `trainkit check --help`\)$", line), line
 
@@ -168,8 +155,8 @@ def test_train_records_class_names_in_the_checkpoint(binary_masks: Path, tmp_pat
         (["--num-classes", "3", "--class-names", "a,b,a"], r"argument --class-names: .*each once; a repeated"),
     ],
 )  # fmt: skip
-def test_class_names_are_one_per_class(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
-    status, line = status_and_line(["train", "--images", "i", "--masks", "m", *args], capsys)
+def test_class_names_are_one_per_class(args: list[str], expected: str) -> None:
+    status, line = status_and_line("train", "--images", "i", "--masks", "m", *args)
     assert status == 2
     assert re.search(rf"^trainkit train: error: {expected}", line), line
 

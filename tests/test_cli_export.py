@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import trainkit
-from cli_runner import run_cli, run_subprocess
+from cli_runner import run_cli, run_subprocess, status_and_line
 from trainkit.cli import main
 
 
@@ -80,17 +80,10 @@ def test_export_static_fixes_the_size(checkpoint: Path, tmp_path: Path) -> None:
                                                        r"one size: give one --size"),
     ],
 )  # fmt: skip
-def test_export_options_are_refused_in_one_line(
-    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    try:
-        status = main(["export", "--checkpoint", "c.pt", "--out", "m.onnx", *args])
-    except SystemExit as exit_info:
-        status = exit_info.code  # type: ignore[assignment]
+def test_export_options_are_refused_in_one_line(args: list[str], expected: str) -> None:
+    status, line = status_and_line("export", "--checkpoint", "c.pt", "--out", "m.onnx", *args)
     assert status == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert re.search(rf"^trainkit export: error: {expected}.*\(see `trainkit export --help`\)$", lines[0]), lines[0]
+    assert re.search(rf"^trainkit export: error: {expected}.*\(see `trainkit export --help`\)$", line), line
 
 
 def test_export_problems_are_one_line_and_write_nothing(checkpoint: Path, tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 import trainkit
-from cli_runner import run_cli, run_subprocess
-from trainkit.cli import main
+from cli_runner import run_cli, run_subprocess, status_and_line
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +59,10 @@ def test_lr_find_writes_the_plot_to_out_and_takes_the_range_options(shapes: Path
         (["--encoder", "resnet18"], r"--encoder does not apply to --model unet"),
     ],
 )
-def test_lr_find_options_are_refused_in_one_line(
-    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    try:
-        status = main(["lr-find", "--images", "i", "--masks", "m", "--num-classes", "3", *args])
-    except SystemExit as exit_info:
-        status = exit_info.code  # type: ignore[assignment]
+def test_lr_find_options_are_refused_in_one_line(args: list[str], expected: str) -> None:
+    status, line = status_and_line("lr-find", "--images", "i", "--masks", "m", "--num-classes", "3", *args)
     assert status == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert re.search(rf"^trainkit lr-find: error: {expected}.*\(see `trainkit lr-find --help`\)$", lines[0]), lines[0]
+    assert re.search(rf"^trainkit lr-find: error: {expected}.*\(see `trainkit lr-find --help`\)$", line), line
 
 
 def test_lr_find_reports_bad_data_in_one_line(tmp_path: Path) -> None:

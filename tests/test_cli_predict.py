@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 import trainkit
-from cli_runner import run_cli, run_subprocess
+from cli_runner import run_cli, run_subprocess, status_and_line
 from trainkit.cli import main
 from trainkit.cli.predict import predict_folder
 from trainkit.data import read_class_dict
@@ -281,17 +281,10 @@ def test_no_exif_orientation_predicts_the_stored_pixels(checkpoint: Path, tmp_pa
         (["--batch-size", "0"], r"argument --batch-size: expected a positive integer"),
     ],
 )
-def test_predict_options_are_refused_in_one_line(
-    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    try:
-        status = main(["predict", "--checkpoint", "c.pt", "--images", "i", "--out", "o", *args])
-    except SystemExit as exit_info:
-        status = exit_info.code  # type: ignore[assignment]
+def test_predict_options_are_refused_in_one_line(args: list[str], expected: str) -> None:
+    status, line = status_and_line("predict", "--checkpoint", "c.pt", "--images", "i", "--out", "o", *args)
     assert status == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert re.search(rf"^trainkit predict: error: {expected}.*\(see `trainkit predict --help`\)$", lines[0]), lines[0]
+    assert re.search(rf"^trainkit predict: error: {expected}.*\(see `trainkit predict --help`\)$", line), line
 
 
 def test_a_tile_the_model_cannot_take_is_refused_with_the_size_that_fits(
