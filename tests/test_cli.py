@@ -150,7 +150,8 @@ def test_demo_command_defaults_are_run_demos() -> None:
     from trainkit.cli.demo import demo_recipe, run_demo
 
     args = build_parser().parse_args(["demo"])
-    defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
+    defaults = {name: p.default for name, p in inspect.signature(demo_recipe).parameters.items()}
+    defaults["n"] = inspect.signature(run_demo).parameters["n"].default
     for name in ("epochs", "n", "size", "seed", "device"):
         assert getattr(args, name) == defaults[name], name
     recipe = demo_recipe("data", None)

@@ -76,20 +76,14 @@ def demo_recipe(
 def run_demo(
     run_dir: str | Path = "runs/demo",
     *,
-    epochs: int = 6,
-    device: str = "auto",
     n: int = 5000,
-    size: int = 64,
-    batch_size: int = 16,
-    base_channels: int = 8,
-    depth: int = 4,
-    lr: float = 6e-3,
-    seed: int = 0,
-    progress: bool = True,
-    overwrite: bool = False,
     extra_callbacks: list[Any] | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Train the demo UNet on synthetic shapes and write its outputs to ``run_dir``.
+
+    ``settings`` are :func:`demo_recipe`'s keyword arguments (``epochs``, ``device``, ``size``, ``batch_size``,
+    ``base_channels``, ``depth``, ``lr``, ``seed``, ``progress``, ``overwrite``), with its defaults.
 
     The choices, for about two minutes of training on 2 CPU cores: ``n`` = 5000 images, 10% of them for
     validation (synthetic data is free: the same two minutes spent on 3000 images seen 9 times left one seed
@@ -113,22 +107,8 @@ def run_demo(
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    data = make_shapes(run_dir / "data", n=n, size=size, seed=seed, exist_ok=True)
-    recipe = demo_recipe(
-        data,
-        run_dir,
-        epochs=epochs,
-        device=device,
-        size=size,
-        batch_size=batch_size,
-        base_channels=base_channels,
-        depth=depth,
-        lr=lr,
-        seed=seed,
-        progress=progress,
-        overwrite=overwrite,
-        callbacks=extra_callbacks,
-    )
+    recipe = demo_recipe(run_dir / "data", run_dir, callbacks=extra_callbacks, **settings)
+    make_shapes(run_dir / "data", n=n, size=recipe.size, seed=recipe.seed, exist_ok=True)
     train_start = time.perf_counter()
     trainer, history, _, val_loader = train_recipe(recipe)
     train_seconds = time.perf_counter() - train_start
