@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cli_runner import run_cli, run_subprocess, status_and_line
@@ -178,6 +179,43 @@ def test_train_runs_every_epoch_unless_told_to_stop_early() -> None:
     base = ["train", "--images", "i", "--masks", "m", "--num-classes", "3"]
     assert recipe_from_args(build_parser().parse_args(base)).early_stopping is False  # type: ignore[union-attr]
     assert recipe_from_args(build_parser().parse_args([*base, "--early-stop"])).early_stopping is True  # type: ignore[union-attr]
+
+
+def test_train_plans_enough_steps_for_a_small_set(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 12 images, 10 for training in batches of 4: 2 steps an epoch. The defaults (20 epochs, 500 steps) are
+    # scaled down so the run stays short: at least 3 epochs and 10 steps -> 5 epochs of 2 steps.
+    import trainkit.cli.recipe as recipe_module
+
+    monkeypatch.setattr(recipe_module, "MIN_EPOCHS", 3)
+    monkeypatch.setattr(recipe_module, "MIN_STEPS", 10)
+    args = [a for a in train_args(shapes, tmp_path / "run", epochs=1) if a not in ("--epochs", "1")]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "2 optimizer steps an epoch: planning 5 epochs, so the schedule has at least 10 steps" in result.stderr
+    assert "train: 5 epochs" in result.stdout
+    lrs = [float(row["lr"]) for row in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
+    factor = recipe_module.warmup_cosine(10)  # the schedule spans the 5 epochs planned: each logs its first step's
+    assert lrs == pytest.approx([3e-3 * factor(2 * epoch) for epoch in range(5)])
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert checkpoint["extra"]["recipe"]["train"]["epochs"] == 5
+
+    told = run_cli(*train_args(shapes, tmp_path / "told", epochs=2))
+    assert told.returncode == 0 and "planning" not in told.stderr and "train: 2 epochs" in told.stdout
+
+
+def test_train_scale_is_off_unless_asked() -> None:
+    from trainkit.cli import build_parser
+    from trainkit.cli._recipe_args import recipe_from_args
+
+    base = ["train", "--images", "i", "--masks", "m", "--num-classes", "3"]
+    assert recipe_from_args(build_parser().parse_args(base)).scale == (1.0, 1.0)  # type: ignore[union-attr]
+    zoom = recipe_from_args(build_parser().parse_args([*base, "--scale", "0.5", "2"]))
+    assert zoom.scale == (0.5, 2.0)  # type: ignore[union-attr]
+    status, line = status_and_line(*base, "--scale", "2", "0.5")
+    assert status == 2
+    assert "--scale 2 0.5: give the lower zoom first, e.g. --scale 0.5 2" in line
 
 
 def test_demo_runs_offline_and_leaves_its_outputs(tmp_path: Path) -> None:

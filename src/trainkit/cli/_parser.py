@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(train)
     train.add_argument("--class-names", type=types.class_names, metavar="A,B,C", help="one name per class id from 0, "
                        "recorded in the checkpoint (default: the --color-map's names)")  # fmt: skip
-    train.add_argument("--epochs", type=types.positive_int, default=20, help="epochs, all run unless --early-stop")
+    train.add_argument("--epochs", type=types.positive_int, help="epochs, all run unless --early-stop (default: 20, "
+                       "or as many as give a small set 500 optimizer steps)")  # fmt: skip
+    train.add_argument("--scale", type=types.positive_float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
+                       help="random zoom of each training image, e.g. 0.5 2.0 (default: off, 1 1)")  # fmt: skip
     train.add_argument("--early-stop", action="store_true", help="stop after max(5, epochs // 3) epochs without a "
                        "better val mIoU")  # fmt: skip
     train.add_argument("--lr", type=types.positive_float, default=3e-3, help="peak learning rate (warm-up, cosine)")

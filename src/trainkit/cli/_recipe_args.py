@@ -52,6 +52,9 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | str:
             f"{depth} times, so it needs at least {smallest}x{smallest}; raise --size or lower --depth"
         )
     training = args.command == "train"
+    if training and args.scale[0] > args.scale[1]:
+        low, high = args.scale
+        return f"--scale {low:g} {high:g}: give the lower zoom first, e.g. --scale {high:g} {low:g}"
     return Recipe(
         images=args.images,
         masks=args.masks,
@@ -74,6 +77,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | str:
         **(
             {
                 "epochs": args.epochs,
+                "scale": tuple(args.scale),
                 "lr": args.lr,
                 "run_dir": args.run_dir,
                 "resume": args.resume,
