@@ -13,15 +13,19 @@ normalisation, precision of `amp="auto"`, a confusion-matrix mIoU each epoch and
 Each run's clock starts before its loaders and model are built; an epoch's time is taken after its
 validation. The time to a target is the end of the first epoch whose val mIoU reaches it.
 
+The hand loop seeds its run as the Trainer does (`seed_everything(seed)` before the first epoch, the same
+`drop_last`), so with `num_workers=0` both loops draw the same model, shuffles and augmentations: their val
+mIoU curves coincide epoch for epoch (checked and printed), and the time to a target differs only by what
+each loop costs. Without that, each loop's curve crosses a target at its own epoch by chance, and the ratio
+moved by +-20 % between seeds.
+
 Prints each run's epochs, then per loop the median and the spread (min-max) of the seconds to each
-target over the seeds, and trainkit's median over the hand loop's (target: <= 1.03). The two loops draw
-their shuffles and augmentations from different random streams, so their curves differ by chance and the
-time to a target moves by whole epochs; the seconds an epoch takes, trainkit's over the hand loop's for
-each seed, is the loops' own cost, and is printed too.
+target over the seeds, trainkit's median over the hand loop's (target: <= 1.03), and the seconds an epoch
+takes, trainkit's over the hand loop's for each seed.
 
 `--recipe train` trains what `trainkit train --images ... --masks ... --num-classes 4` does with every other
-option at its default (a 256x256 UNet of 32 base channels, AdamW, warm-up/cosine, 20 epochs, random scale,
-flips and colour jitter) on a harder shapes set: `--n` 400 images at 256x256 px with up to 8 shapes each.
+option at its default (a 256x256 UNet of 16 base channels, AdamW, warm-up/cosine, 20 epochs or 500 steps,
+crops, flips and colour jitter) on a harder shapes set: `--n` 400 images at 256x256 px with up to 8 shapes each.
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ from torch.utils.data import DataLoader, Subset
 from trainkit.cli import build_parser
 from trainkit.cli._recipe_args import recipe_from_args
 from trainkit.cli.demo import DEMO_CLASSES, demo_recipe
-from trainkit.cli.recipe import Recipe, split_indices, train_recipe, warmup_cosine
+from trainkit.cli.recipe import Recipe, planned_epochs, split_indices, train_recipe, warmup_cosine
 from trainkit.data import SegmentationDataset, collate, make_shapes
 from trainkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_preset, train_preset
 from trainkit.engine import MixedPrecision
 from trainkit.engine.callbacks import Callback
 from trainkit.losses import DiceCELoss
 from trainkit.models import create_model
+from trainkit.utils.seed import seed_everything
 
 Curve = list[tuple[float, float]]  # (seconds since the run started, val mIoU) per epoch
 
@@ -77,7 +82,7 @@ def run_hand(recipe: Recipe, out: Path) -> Curve:
         recipe.masks,
         mask_suffix=recipe.mask_suffix,
         num_classes=num_classes,
-        transforms=train_preset(recipe.size, scale=recipe.scale, normalize=False),
+        transforms=train_preset(recipe.size, scale=recipe.scale, color_jitter=recipe.color_jitter, normalize=False),
     )
     val_ds = copy.copy(train_ds)
     val_ds.transforms = eval_preset(recipe.size, normalize=False)
@@ -85,19 +90,24 @@ def run_hand(recipe: Recipe, out: Path) -> Curve:
     device = torch.device("cuda" if recipe.device == "auto" and torch.cuda.is_available() else
                           "cpu" if recipe.device == "auto" else recipe.device)  # fmt: skip
     torch.manual_seed(recipe.seed)
-    options = {"base_channels": recipe.base_channels, "depth": recipe.depth}
+    options = {"base_channels": recipe.base_channels, "depth": recipe.depth, **recipe.model_options}
     model = create_model(recipe.model, num_classes=num_classes, in_channels=3, **options).to(device)
-    train = DataLoader(Subset(train_ds, train_idx), recipe.batch_size, shuffle=True, collate_fn=collate)
+    drop_last = len(train_idx) > recipe.batch_size  # as the recipe: no last batch of a few images
+    train = DataLoader(
+        Subset(train_ds, train_idx), recipe.batch_size, shuffle=True, drop_last=drop_last, collate_fn=collate
+    )
     val = DataLoader(Subset(val_ds, val_idx), recipe.batch_size, collate_fn=collate)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.epochs * len(train)))
+    epochs = planned_epochs(recipe.epochs, len(train))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(epochs * len(train)))
     loss_fn = DiceCELoss(ignore_index=255)
     dtype = MixedPrecision(recipe.amp, device).dtype  # what amp="auto" picks on this machine
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
     curve: Curve = []
     best = -1.0
-    for _ in range(recipe.epochs):
+    seed_everything(recipe.seed)  # the run's shuffles and augmentations: the same stream the Trainer seeds
+    for _ in range(epochs):
         model.train()
         for images, masks in train:
             images = (images.to(device).float() - mean) / std
@@ -189,7 +199,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipe", choices=["demo", "train"], default="demo")
-    parser.add_argument("--epochs", type=int, help="default: the recipe's (the demo's, or 20 for train)")
+    parser.add_argument("--epochs", type=int, help="default: the recipe's (the demo's, or train's planned epochs)")
     parser.add_argument("--n", type=int, help="images in the dataset (default: 5000 for the demo, 400 for train)")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.90, 0.95])
     parser.add_argument("--device", default="auto")
@@ -223,14 +233,16 @@ def main() -> None:
                 curve = loops[name](recipe, run_dir / "best.pt")
                 curves[name].append(curve)
                 print(f"seed {seed} {name:<9}" + "  ".join(f"{t:6.1f}s {m:.4f}" for t, m in curve), flush=True)
-    print(f"\nseconds to val mIoU ({args.recipe} recipe, {len(DEMO_CLASSES)} classes, {recipe.epochs} epochs):")
+    epochs = "/".join(sorted({str(len(curve)) for runs in curves.values() for curve in runs}))
+    print(f"\nseconds to val mIoU ({args.recipe} recipe, {len(DEMO_CLASSES)} classes, {epochs} epochs):")
     medians = {name: _summary(name, runs, args.targets) for name, runs in curves.items()}
     if len(medians) == 2:
         for target in args.targets:
             ratio = medians["trainkit"][target] / medians["hand"][target]
             print(f"  trainkit / hand to {target:.2f}: {ratio:.3f}x (target <= 1.03)")
-        # The two loops draw their shuffles and augmentations from different streams, so a seed's curves differ
-        # and the time to a target moves by whole epochs; the time an epoch takes is the loops' own cost.
+        gaps = [max(abs(a[1] - b[1]) for a, b in zip(t, h, strict=True)) for t, h in zip(*curves.values(), strict=True)]
+        print(f"  largest val mIoU difference between the two loops' epochs, per seed: "
+              f"{', '.join(f'{g:.4f}' for g in gaps)} (the same data stream: 0 up to kernel rounding)")  # fmt: skip
         per_epoch = {name: [c[-1][0] / len(c) for c in runs] for name, runs in curves.items()}
         pairs = [t / h for t, h in zip(per_epoch["trainkit"], per_epoch["hand"], strict=True)]
         print(f"  seconds an epoch: trainkit {statistics.median(per_epoch['trainkit']):.2f}, hand "
