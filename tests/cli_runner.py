@@ -149,8 +149,8 @@ def _reap_workers(children: set[multiprocessing.process.BaseProcess]) -> None:
     """End the worker processes a command left behind as the exit of its process would: terminate the daemonic
     ones (DataLoader workers), join them, then collect what held them.
 
-    (After an error raised in a DataLoader worker, `train` returns with its persistent workers in a reference
-    cycle; collected with the workers alive, the loader waits 5 s for each to stop before terminating it.)
+    (A safety net: the Trainer stops its loader's workers when training ends on an error, but a command that
+    left any would keep them, in this long-lived process, until a garbage collection that waits 5 s for each.)
     """
     left = [child for child in multiprocessing.active_children() if child not in children]
     if not left:

@@ -193,3 +193,33 @@ def test_a_mid_epoch_replay_skips_the_trained_batches_with_any_worker_count(work
     state = prepared.epoch_state()
     torch.manual_seed(99)  # the replay draws the recorded permutation, not a new one
     assert [batch.tolist() for batch in prepared.batches(0, skip=2, epoch_state=state)] == full[2:]
+
+
+class _FailsAt(Dataset):
+    """A user's dataset whose sample 20 cannot be read."""
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index == 20:
+            raise ValueError("sample 20 is corrupt")
+        return torch.ones(4), torch.tensor(0)
+
+
+def test_a_data_error_in_a_worker_leaves_no_worker_process_behind() -> None:
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    model = torch.nn.Linear(4, 2)
+    trainer = trainkit.Trainer(
+        model, torch.optim.SGD(model.parameters(), 0.1), torch.nn.CrossEntropyLoss(), device="cpu", progress=False
+    )
+    loader = DataLoader(_FailsAt(), batch_size=4, num_workers=2, persistent_workers=True)
+    with pytest.raises(ValueError, match="sample 20 is corrupt"):
+        trainer.fit(loader, epochs=1)
+    # Without the shutdown, the two persistent workers live on with the trainer (and its traceback cycle).
+    assert set(multiprocessing.active_children()) == before
+    good = DataLoader(TensorDataset(torch.ones(8, 4), torch.zeros(8, dtype=torch.long)), batch_size=4, num_workers=1)
+    assert len(trainer.fit(good, epochs=1)) == 1  # the trainer trains on afterwards
+    assert trainer.fit(good, epochs=2)[-1]["epoch"] == 2

@@ -185,6 +185,27 @@ class TrainLoader:
         self.loader: Iterable[Any] = rebuilt if rebuilt is not None else loader
         self.sampler: ResumableBatchSampler | None = rebuilt.batch_sampler if rebuilt is not None else None  # type: ignore[assignment]  # rebuild_loader puts one there
 
+    def close(self) -> None:
+        """Stop the worker processes of the loader rebuilt here now, rather than when it is collected.
+
+        ``fit`` calls it when training ends on an error: the traceback then holds the loader in a reference
+        cycle, and its persistent workers would outlive the run until the next garbage collection. A loader
+        used as given (not rebuilt) is the user's, and left alone.
+
+        Example:
+            >>> from trainkit.engine.distributed import DistributedContext
+            >>> loader = TrainLoader([1, 2], DistributedContext.single(), seed=0)
+            >>> loader.close(); list(loader.batches(epoch=0))
+            [1, 2]
+        """
+        if self.loader is self.given:
+            return
+        iterator = getattr(self.loader, "_iterator", None)  # DataLoader keeps its persistent workers' iterator here
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+            self.loader._iterator = None  # type: ignore[attr-defined]  # the next epoch starts fresh workers
+
     @property
     def num_batches(self) -> int | None:
         """Batches in a whole epoch, or ``None`` when the loader has no length.

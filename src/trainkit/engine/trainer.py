@@ -350,7 +350,11 @@ class Trainer:
             bar.quiet = not self.dist.is_main
             bar.start_fit(self.state.epoch)
             self.interrupt = GracefulInterrupt(enabled=not self.dist.enabled).install()
-            train_epochs(self, epochs, val_loader, bar)
+            try:
+                train_epochs(self, epochs, val_loader, bar)
+            except BaseException:
+                self.train_loader.close()  # no worker process outlives a run that ended on an error
+                raise
             self.callbacks.dispatch("on_fit_end", self)
             self.outputs.plot(self.history)
         finally:
