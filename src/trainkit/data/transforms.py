@@ -315,10 +315,20 @@ class _RandomScale:
         s = float(torch.empty(()).uniform_(*self.scale))
         ratio = s * max(self.size[0] / height, self.size[1] / width)
         new_size = (max(1, round(height * ratio)), max(1, round(width * ratio)))
-        return _Resize(new_size)(image, target)
+        return _resize(image, target, new_size)
 
 
 class _Resize:
+    """Resize to ``size`` (:func:`_resize`), as a step of ``eval_preset``."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, image: tv_tensors.Image, target: Any) -> tuple[Any, Any]:
+        return _resize(image, target, self.size)
+
+
+def _resize(image: tv_tensors.Image, target: Any, size: tuple[int, int]) -> tuple[Any, Any]:
     """Resize to ``size``: the image bilinear (antialiased), masks nearest-exact, boxes scaled.
 
     ``v2.Resize`` resizes masks with ``nearest``, which picks source pixel ``floor(i * in / out)``: the mask
@@ -326,20 +336,17 @@ class _Resize:
     disagree with their image after a 1.2x resize). ``nearest-exact`` samples at the same pixel centres as the
     image, so a mask stays on its image at every scale.
     """
+    hw = list(size)
 
-    def __init__(self, size: tuple[int, int]) -> None:
-        self.size = list(size)
-
-    def __call__(self, image: tv_tensors.Image, target: Any) -> tuple[Any, Any]:
-        image = v2.functional.resize(image, self.size, antialias=True)
-        if isinstance(target, Mapping):  # a detection dict: its masks and boxes move, labels and ids stay
-            return image, {key: self._target(value) for key, value in target.items()}
-        return image, self._target(target)
-
-    def _target(self, value: Any) -> Any:
+    def resize_target(value: Any) -> Any:
         if isinstance(value, (tv_tensors.Mask, tv_tensors.BoundingBoxes)):
-            return v2.functional.resize(value, self.size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+            return v2.functional.resize(value, hw, interpolation=v2.InterpolationMode.NEAREST_EXACT)
         return value
+
+    image = v2.functional.resize(image, hw, antialias=True)
+    if isinstance(target, Mapping):  # a detection dict: its masks and boxes move, labels and ids stay
+        return image, {key: resize_target(value) for key, value in target.items()}
+    return image, resize_target(target)
 
 
 class _RandomPadToSize:
