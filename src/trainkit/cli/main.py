@@ -113,16 +113,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from trainkit.cli._recipe_args import recipe_from_args
-    from trainkit.cli.recipe import MIN_EPOCHS, MIN_STEPS, build_recipe
+    from trainkit.cli.recipe import train_recipe
 
     recipe = recipe_from_args(args)
     if isinstance(recipe, str):
         return _usage_error("train", recipe)
-    parts = build_recipe(recipe)
-    if parts.epochs > MIN_EPOCHS and args.epochs is None:
-        print(f"train: {len(parts.train_loader)} optimizer steps an epoch: planning {parts.epochs} epochs, so the "
-              f"schedule has at least {MIN_STEPS} steps (--epochs N to choose)", file=sys.stderr)  # fmt: skip
-    history = parts.trainer.fit(parts.train_loader, parts.val_loader, epochs=parts.epochs, resume=recipe.resume)
+    history = train_recipe(recipe).history
     last = history[-1] if history else {}
     shown = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train/loss", "val/")))
     print(f"train: {len(history)} epochs; {shown}; checkpoints in {args.run_dir}/checkpoints")

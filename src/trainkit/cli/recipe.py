@@ -15,6 +15,7 @@ import copy
 import csv
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -208,11 +209,16 @@ def planned_epochs(epochs: int | None, steps_per_epoch: int) -> int:
 def train_recipe(recipe: Recipe) -> RecipeRun:
     """Train the recipe; return the trainer, its history, the spec saved with it and the val loader.
 
+    When ``epochs=None`` plans more than ``MIN_EPOCHS`` (a small set), one line on stderr says how many and why.
+
     Example:
         >>> run = train_recipe(Recipe("imgs", "masks", num_classes=2))  # doctest: +SKIP
         >>> run.history[-1]["val/miou"]  # doctest: +SKIP
     """
     parts = build_recipe(recipe)
+    if recipe.epochs is None and parts.epochs > MIN_EPOCHS:
+        print(f"train: {len(parts.train_loader)} optimizer steps an epoch: planning {parts.epochs} epochs, so the "
+              f"schedule has at least {MIN_STEPS} steps (--epochs N to choose)", file=sys.stderr)  # fmt: skip
     history = parts.trainer.fit(parts.train_loader, parts.val_loader, epochs=parts.epochs, resume=recipe.resume)
     return RecipeRun(parts.trainer, history, parts.spec, parts.val_loader)
 
