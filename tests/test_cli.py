@@ -197,7 +197,7 @@ def test_train_plans_enough_steps_for_a_small_set(
     assert "train: 5 epochs" in result.stdout
     lrs = [float(row["lr"]) for row in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
     factor = recipe_module.warmup_cosine(10)  # the schedule spans the 5 epochs planned: each logs its first step's
-    assert lrs == pytest.approx([3e-3 * factor(2 * epoch) for epoch in range(5)])
+    assert lrs == pytest.approx([1.5e-3 * factor(2 * epoch) for epoch in range(5)])
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
     assert checkpoint["extra"]["recipe"]["train"]["epochs"] == 5
 

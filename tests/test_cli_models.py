@@ -111,7 +111,7 @@ def test_train_records_the_smp_model_and_its_preprocessing_in_the_checkpoint(smp
     assert spec.model == ModelSpec("smp:Unet", num_classes=4, options={
         "encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 4]})  # fmt: skip
     assert spec.preprocessing.size == (32, 32) and spec.target == "semantic"
-    assert float(rows[0]["lr"]) == pytest.approx(3e-3)  # the decoder's group comes first: the logged rate is --lr
+    assert float(rows[0]["lr"]) == pytest.approx(1.5e-3)  # the decoder's group comes first: the logged rate is --lr
     assert set(rows[0]) >= {"val/miou", "val/loss"}
 
 

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random zoom of each training image, e.g. 0.5 2.0 (default: off, 1 1)")  # fmt: skip
     train.add_argument("--early-stop", action="store_true", help="stop after max(5, epochs // 3) epochs without a "
                        "better val mIoU")  # fmt: skip
-    train.add_argument("--lr", type=types.positive_float, default=3e-3, help="peak learning rate (warm-up, cosine)")
+    train.add_argument("--lr", type=types.positive_float, default=1.5e-3, help="peak learning rate (warm-up, cosine)")
     train.add_argument("--amp", type=types.amp_mode, default="auto", help="auto, fp16, bf16 or off")
     train.add_argument("--run-dir", default="runs/train")
     train.add_argument("--resume", help="checkpoint path, or 'last' for <run-dir>/checkpoints/last.pt")

@@ -82,7 +82,7 @@ class Recipe:
     size: tuple[int, int] = (256, 256)
     epochs: int | None = None
     batch_size: int = 8
-    lr: float = 3e-3
+    lr: float = 1.5e-3
     amp: str | bool = "auto"
     run_dir: str | None = "runs/train"
     resume: str | None = None
