@@ -102,6 +102,46 @@ def test_no_exif_orientation_reads_photos_as_stored(tmp_path: Path) -> None:
     assert "image sizes (WxH): 40x30 (1)" in result.stdout
 
 
+def test_train_reads_photos_as_stored_and_predict_and_evaluate_follow_the_checkpoint(tmp_path: Path) -> None:
+    # Phone photos stored 40 wide and 30 high, tagged "turn 90 degrees clockwise" (viewers show 30x40), with masks
+    # drawn on the stored pixels: the mask's left half is class 1, as is the left half of the stored image.
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for i in range(4):
+        pixels = np.zeros((30, 40, 3), dtype=np.uint8)
+        pixels[:, :20] = 200 + 10 * i
+        Image.fromarray(pixels).save(images / f"IMG_{i}.png", exif=exif)
+        Image.fromarray((pixels[..., 0] > 0).astype(np.uint8)).save(masks / f"IMG_{i}.png")
+    data = ["--images", str(images), "--masks", str(masks), "--num-classes", "2"]
+    train = ["train", *data, "--size", "16", "--epochs", "1", "--batch-size", "2", "--base-channels", "4", "--depth",
+             "2", "--device", "cpu", "--no-progress", "--amp", "off"]  # fmt: skip
+    result = run_cli(*train, "--run-dir", str(tmp_path / "turned"))
+    assert result.returncode == 1
+    expected = (
+        r"^trainkit train: error: image .*IMG_\d\.png is stored as 40x30 .*EXIF orientation 6.*Read the "
+        r"images as stored: `--no-exif-orientation` \(trainkit train, lr-find, check\)"
+    )
+    assert re.search(expected, result.stderr), result.stderr
+    run_dir = tmp_path / "stored"
+    result = run_cli(*train, "--run-dir", str(run_dir), "--no-exif-orientation")
+    assert result.returncode == 0, result.stderr
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    spec = trainkit.models.CheckpointSpec.from_checkpoint(trainkit.load_checkpoint(checkpoint))
+    assert spec.preprocessing.exif_orientation is False
+    # predict reads the photos as the training did (stored: 40x30), unless told otherwise
+    out = tmp_path / "predicted"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
+                 "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    assert Image.open(out / "IMG_0.png").size == (40, 30)  # (width, height)
+    result = run_cli("evaluate", "--checkpoint", str(checkpoint), "--images", str(images), "--masks", str(masks),
+                     "--device", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr  # turned, the 40x30 masks would not fit the 30x40 photos
+    assert re.search(r"4 images", result.stdout), result.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -36,12 +36,21 @@ def test_a_spec_survives_a_checkpoint_and_rebuilds_the_model(tmp_path: Path) -> 
     torch.testing.assert_close(rebuilt(x), model.eval()(x))
 
 
+def test_the_exif_choice_is_recorded_and_specs_written_before_it_read_photos_turned() -> None:
+    stored = CheckpointSpec(TINY_UNET, Preprocessing(32, exif_orientation=False))
+    assert CheckpointSpec.from_dict(stored.to_dict()).preprocessing.exif_orientation is False
+    older = CheckpointSpec(TINY_UNET, Preprocessing(32)).to_dict()
+    del older["preprocessing"]["exif_orientation"]
+    assert CheckpointSpec.from_dict(older).preprocessing.exif_orientation is True
+
+
 def test_a_checkpoint_written_by_the_recipe_of_trainkit_0_1_keeps_loading() -> None:
     ckpt = trainkit.load_checkpoint(RECIPE_CHECKPOINT)
     assert "spec" not in ckpt["extra"] and ckpt["extra"]["recipe"]["model"]["name"] == "UNet"
     model, spec = from_checkpoint(ckpt)
     assert spec.model == ModelSpec("unet", num_classes=4, options={"base_channels": 4, "depth": 2})
     assert spec.preprocessing.size == (32, 32) and spec.preprocessing.scale == pytest.approx(1 / 255)
+    assert spec.preprocessing.exif_orientation is True  # photos were turned before the choice was recorded
     assert spec.target == "semantic" and spec.class_names == [] and spec.color_map is None
     assert spec.mask_suffix == "_mask"  # from the arguments the recipe recorded
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4, 32, 32)
@@ -95,6 +104,7 @@ def test_weights_that_do_not_fit_the_rebuilt_model_name_the_builder() -> None:
          r"`target` must be 'semantic' or 'binary', got 'instance'"),
         (lambda: CheckpointSpec(TINY_UNET, Preprocessing(8), mask_suffix="/../x"),
          r"`mask_suffix` must be a file-name part such as '_mask' \(no path separator\), got '/\.\./x'"),
+        (lambda: Preprocessing(8, exif_orientation="no"), r"`exif_orientation` must be True or False, got 'no'"),
     ],
 )  # fmt: skip
 def test_spec_arguments_are_checked(make: object, expected: str) -> None:

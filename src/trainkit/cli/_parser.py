@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(flip), and at 0.75x and 1.25x (flip+scale)")  # fmt: skip
     inference.add_argument("--batch-size", type=types.positive_int, default=4, help="windows a forward pass")
     predict.add_argument("--device", default="auto")
-    predict.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP)
+    predict.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP + " (default: as the "
+                         "checkpoint's training images were read)")  # fmt: skip
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     model_flags.import_option(predict)
 
@@ -234,6 +235,8 @@ def _data_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--val-masks", help="the masks of --val-images")
     command.add_argument("--size", type=types.size, default=(256, 256), help="training size N or HxW")
     command.add_argument("--batch-size", type=types.positive_int, default=8)
+    command.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP + " (recorded in the "
+                         "checkpoint: predict and evaluate read images the same way)")  # fmt: skip
 
 
 def _model_options(command: argparse.ArgumentParser) -> Any:

@@ -74,6 +74,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | str:
         num_workers=args.workers,
         seed=args.seed,
         class_names=class_names,
+        exif_orientation=not args.no_exif_orientation,
         **(
             {
                 "epochs": args.epochs,

@@ -59,8 +59,8 @@ def evaluate_folder(
     """Score ``checkpoint``'s model on a folder of images and masks: mIoU, Dice, pixel accuracy, per class.
 
     Images and masks are paired and read as in training (``SegmentationDataset``, with the checkpoint's
-    ``target`` and colour map), resized to the checkpoint's size, and scored with exact streaming metrics
-    (pixels labelled ``ignore_index`` are not counted).
+    ``target``, colour map and EXIF orientation choice), resized to the checkpoint's size, and scored with exact
+    streaming metrics (pixels labelled ``ignore_index`` are not counted).
 
     Raises:
         CheckpointError: the checkpoint records no spec.
@@ -91,6 +91,7 @@ def evaluate_folder(
         color_map=spec.color_map,
         ignore_index=spec.ignore_index,
         channels=spec.model.in_channels,
+        exif_orientation=spec.preprocessing.exif_orientation,
         transforms=eval_preset(size, normalize=False),
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)

@@ -210,7 +210,7 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
         overlays=args.overlays,
         batch_size=args.batch_size,
-        exif_orientation=not args.no_exif_orientation,
+        exif_orientation=False if args.no_exif_orientation else None,  # None: as the checkpoint's training
         tile=args.tile,
         overlap=0.25 if args.overlap is None else args.overlap,
         blend=args.blend or "gaussian",

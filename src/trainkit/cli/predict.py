@@ -65,7 +65,7 @@ def predict_folder(
     device: str = "auto",
     overlays: bool = False,
     batch_size: int = 4,
-    exif_orientation: bool = True,
+    exif_orientation: bool | None = None,
     tile: tuple[int, int] | None = None,
     overlap: float = 0.25,
     blend: str = "gaussian",
@@ -85,7 +85,9 @@ def predict_folder(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         overlays: also write ``out/overlays/<stem>.png``, the mask over the image.
         batch_size: windows a forward pass (with ``tile``).
-        exif_orientation: turn photos by their EXIF orientation tag, as viewers (and the training data) show them.
+        exif_orientation: turn photos by their EXIF orientation tag, as viewers show them (``True``), or read
+            them as stored (``False``); ``None``: as the checkpoint's training images were read (turned, unless
+            trained with ``--no-exif-orientation``).
         tile: ``(height, width)`` of the sliding windows an image larger than it is predicted by (at the training
             scale); ``None``: every image in one pass.
         overlap: between windows, a fraction of the window in ``[0, 1)``.
@@ -128,6 +130,7 @@ def predict_folder(
     dev = resolve_device(device)
     model, spec = load_model(checkpoint, device=dev)
     _check_tile(model, spec.model.name, tile)
+    turn = spec.preprocessing.exif_orientation if exif_orientation is None else exif_orientation
     fmt = MaskFormat.of(spec, encoding)
     for folder in folders.values():
         _make_folder(folder)
@@ -143,7 +146,7 @@ def predict_folder(
 
     def batches() -> Iterator[torch.Tensor]:
         for path in todo:
-            image = _read(path, spec.model.in_channels, exif_orientation, result.failed, on_failure, bar)
+            image = _read(path, spec.model.in_channels, turn, result.failed, on_failure, bar)
             if image is None:
                 continue
             pending.append((path, image))

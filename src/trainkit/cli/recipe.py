@@ -64,7 +64,8 @@ class Recipe:
     Every planned epoch runs (the best one is kept in ``best.pt``): the schedule decays over them, and on a small
     set the validation score is noisy while the rate is high, so stopping on it ended a 48-image run at epoch 9 of
     20 with val mIoU 0.53. ``early_stopping=True`` ends the run when the monitored score has not improved for
-    ``max(5, epochs // 3)`` epochs.
+    ``max(5, epochs // 3)`` epochs. ``exif_orientation=False`` reads the images as stored instead of turned by
+    their EXIF orientation tag (for masks drawn on the stored pixels); the checkpoint records it.
 
     Example:
         >>> r = Recipe(images="data/img", masks="data/masks", num_classes=2)
@@ -95,6 +96,7 @@ class Recipe:
     progress: bool = True
     scale: tuple[float, float] = (1.0, 1.0)
     color_jitter: float = 0.2
+    exif_orientation: bool = True
     callbacks: list[Any] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     model: str = "unet"
@@ -261,7 +263,7 @@ def build_recipe(recipe: Recipe) -> RecipeParts:
         options = {"base_channels": recipe.base_channels, "depth": recipe.depth, **options}
     spec = CheckpointSpec(
         ModelSpec(recipe.model, num_classes, 3, options),
-        Preprocessing(tuple(recipe.size), 1 / 255, IMAGENET_MEAN, IMAGENET_STD),  # type: ignore[arg-type]
+        Preprocessing(tuple(recipe.size), 1 / 255, IMAGENET_MEAN, IMAGENET_STD, recipe.exif_orientation),  # type: ignore[arg-type]
         class_names=class_names if len(class_names) == num_classes else [],
         color_map=color_map,
         target=recipe.target,
@@ -325,6 +327,7 @@ def _loaders(recipe: Recipe, color_map: dict[tuple[int, int, int], int] | None) 
         target=recipe.target,
         num_classes=recipe.num_classes,
         color_map=color_map,
+        exif_orientation=recipe.exif_orientation,
     )
     preset = train_preset(recipe.size, scale=recipe.scale, color_jitter=recipe.color_jitter, normalize=False)
     train_ds = dataset(recipe.images, recipe.masks, transforms=preset)

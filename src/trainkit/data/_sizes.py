@@ -69,13 +69,15 @@ def size_mismatch(
         return (
             f"image {image} is stored as {h}x{w} (WxH) pixels with EXIF orientation {tag} ({TURNS[tag]}), so viewers "
             f"and trainkit show it as {w}x{h}; {mask} is {mw}x{mh}, the stored size: it was made on the stored pixels, "
-            f"not on the image as viewers show it. Pass `exif_orientation=False` to read images as stored; {_NO_RESIZE}"
+            "not on the image as viewers show it. Read the images as stored: `--no-exif-orientation` (trainkit "
+            f"train, lr-find, check) or `exif_orientation=False`; {_NO_RESIZE}"
         )
     if tag >= 5:
         return (
             f"image {image} is stored as {w}x{h} (WxH) pixels, and its EXIF orientation {tag} ({TURNS[tag]}) makes "
             f"viewers show it as {h}x{w}, the size of {mask}: the mask was drawn on the image as viewers show it. "
-            f"Leave `exif_orientation=True` (the default) to read images that way; {_NO_RESIZE}"
+            "Read them that way: leave out `--no-exif-orientation`, or keep `exif_orientation=True` (the default); "
+            f"{_NO_RESIZE}"
         )
     return (
         f"image {image} is {w}x{h} (WxH) but {mask} is {mw}x{mh}: width and height are swapped, so the mask fits the "

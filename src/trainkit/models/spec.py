@@ -6,7 +6,8 @@ Stored as plain data under ``checkpoint["extra"]["spec"]`` (``trainer.extra_stat
      "model": {"name": "smp:Unet", "num_classes": 4, "in_channels": 3,
                "options": {"encoder_name": "resnet34"}},  # a ModelSpec: the factory rebuilds it
      "preprocessing": {"size": [256, 256], "scale": 0.00392156862745098,   # 1/255: uint8 -> [0, 1]
-                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                       "exif_orientation": True},            # photos turned by their EXIF tag, as viewers show them
      "classes": {"names": ["background", "car"], "target": "semantic", "ignore_index": 255,
                  "color_map": [[0, 0, 0, 0], [255, 0, 0, 1]],         # [r, g, b, class id] rows, or None
                  "mask_suffix": "_mask"}}                             # mask stem = image stem + it
@@ -45,6 +46,9 @@ class Preprocessing:
         scale: factor from stored pixel values to the range ``mean``/``std`` refer to (1/255 for uint8 images).
         mean: per-channel mean, after ``scale``.
         std: per-channel standard deviation, after ``scale``, each > 0.
+        exif_orientation: the training images were turned by their EXIF orientation tag, as viewers show photos
+            (``False``: read as stored, ``trainkit train --no-exif-orientation``); ``trainkit predict`` and
+            ``evaluate`` read images the same way.
 
     Example:
         >>> prep = Preprocessing(size=64)
@@ -56,6 +60,7 @@ class Preprocessing:
     scale: float = 1 / 255
     mean: tuple[float, ...] = _IMAGENET_MEAN
     std: tuple[float, ...] = _IMAGENET_STD
+    exif_orientation: bool = True
 
     def __post_init__(self) -> None:
         size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
@@ -65,6 +70,8 @@ class Preprocessing:
             raise ValueError(f"`mean` and `std` need one value per channel, got {self.mean!r} and {self.std!r}")
         if any(s <= 0 for s in self.std) or not self.scale > 0:
             raise ValueError(f"`std` values and `scale` must be > 0, got std={self.std!r}, scale={self.scale!r}")
+        if not isinstance(self.exif_orientation, bool):
+            raise ValueError(f"`exif_orientation` must be True or False, got {self.exif_orientation!r}")
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
@@ -76,7 +83,13 @@ class Preprocessing:
             >>> Preprocessing((32, 48), mean=(0.5,), std=(0.5,)).to_dict()["size"]
             [32, 48]
         """
-        return {"size": list(self.size), "scale": float(self.scale), "mean": list(self.mean), "std": list(self.std)}  # type: ignore[arg-type]
+        return {
+            "size": list(self.size),  # type: ignore[arg-type]
+            "scale": float(self.scale),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "exif_orientation": bool(self.exif_orientation),
+        }
 
 
 @dataclass(frozen=True)
@@ -298,8 +311,13 @@ def _recipe_mask_suffix(recipe: Any) -> str:
 
 
 def _preprocessing(data: Mapping[str, Any]) -> Preprocessing:
-    """A :class:`Preprocessing` from its stored dict (``size``, ``mean``, ``std`` and, when stored, ``scale``)."""
+    """A :class:`Preprocessing` from its stored dict (``size``, ``mean``, ``std`` and, when stored, ``scale`` and
+    ``exif_orientation``: records written before them mean 1/255 and turned photos)."""
     size = data["size"]
     return Preprocessing(
-        (int(size[0]), int(size[1])), float(data.get("scale", 1 / 255)), tuple(data["mean"]), tuple(data["std"])
+        (int(size[0]), int(size[1])),
+        float(data.get("scale", 1 / 255)),
+        tuple(data["mean"]),
+        tuple(data["std"]),
+        bool(data.get("exif_orientation", True)),
     )
