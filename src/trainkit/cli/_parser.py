@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_HelpFormatter,
         )
 
-    demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, about 2 minutes on 2 CPU cores)")
+    demo = command("demo", "train a UNet on a synthetic shapes dataset (offline, 2-3 minutes on 2 CPU cores)")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, checkpoints, metrics and plots go")
     demo.add_argument("--epochs", type=types.positive_int, default=6, help="training epochs, all run")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")

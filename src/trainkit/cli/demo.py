@@ -85,7 +85,7 @@ def run_demo(
     ``settings`` are :func:`demo_recipe`'s keyword arguments (``epochs``, ``device``, ``size``, ``batch_size``,
     ``base_channels``, ``depth``, ``lr``, ``seed``, ``progress``, ``overwrite``), with its defaults.
 
-    The choices, for about two minutes of training on 2 CPU cores: ``n`` = 5000 images, 10% of them for
+    The choices, for two to three minutes of training on 2 CPU cores: ``n`` = 5000 images, 10% of them for
     validation (synthetic data is free: the same two minutes spent on 3000 images seen 9 times left one seed
     at val mIoU 0.947 with train mIoU above it; 5000 seen 6 times end at 0.951-0.960 for seeds 0-2, train and
     val together); a depth-4 UNet of ``base_channels`` = 8 at 64x64 px, ``batch_size`` 16, fused AdamW at a
