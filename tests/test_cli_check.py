@@ -16,6 +16,7 @@ from PIL import Image
 import trainkit
 from cli_runner import run_cli, run_subprocess, status_and_line
 from trainkit.cli import main
+from trainkit.cli.predict import predict_folder
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_train_reads_photos_as_stored_and_predict_and_evaluate_follow_the_checkp
     assert result.returncode == 1
     expected = (
         r"^trainkit train: error: image .*IMG_\d\.png is stored as 40x30 .*EXIF orientation 6.*Read the "
-        r"images as stored: `--no-exif-orientation` \(trainkit train, lr-find, check\)"
+        r"images as stored: `--no-exif-orientation` \(trainkit train, lr-find, evaluate, check\)"
     )
     assert re.search(expected, result.stderr), result.stderr
     run_dir = tmp_path / "stored"
@@ -136,10 +137,26 @@ def test_train_reads_photos_as_stored_and_predict_and_evaluate_follow_the_checkp
     assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
                  "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
     assert Image.open(out / "IMG_0.png").size == (40, 30)  # (width, height)
-    result = run_cli("evaluate", "--checkpoint", str(checkpoint), "--images", str(images), "--masks", str(masks),
-                     "--device", "cpu")  # fmt: skip
+    turned = predict_folder(checkpoint, images, tmp_path / "predicted_turned", device="cpu", exif_orientation=True)
+    assert len(turned.masks) == 4 and Image.open(tmp_path / "predicted_turned" / "IMG_0.png").size == (30, 40)
+    evaluate = ["evaluate", "--checkpoint", str(checkpoint), "--images", str(images), "--masks", str(masks),
+                "--device", "cpu"]  # fmt: skip
+    result = run_cli(*evaluate)
     assert result.returncode == 0, result.stderr  # turned, the 40x30 masks would not fit the 30x40 photos
     assert re.search(r"4 images", result.stdout), result.stdout
+    # a checkpoint of turned photos (the default) evaluates photos as stored when told to
+    turned_run = tmp_path / "masks_as_shown"
+    shown = tmp_path / "shown"
+    shown.mkdir()
+    for mask in masks.iterdir():
+        Image.fromarray(np.rot90(np.asarray(Image.open(mask)), k=-1).copy()).save(shown / mask.name)
+    assert run_cli(*train, "--masks", str(shown), "--run-dir", str(turned_run)).returncode == 0
+    evaluate[2] = str(turned_run / "checkpoints" / "last.pt")
+    result = run_cli(*evaluate)
+    assert (
+        result.returncode == 1 and "`--no-exif-orientation` (trainkit train, lr-find, evaluate, check)" in result.stderr
+    )
+    assert run_cli(*evaluate, "--no-exif-orientation").returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -92,8 +92,8 @@ def test_a_mask_made_on_the_stored_pixels_names_exif_and_the_fix(tmp_path: Path)
         DataError,
         match=r"IMG_0001\.png is stored as 32x24 \(WxH\) pixels with EXIF orientation 6 \(turned 90 degrees "
         r"clockwise\), so viewers and trainkit show it as 24x32; its mask .* is 32x24, the stored size: it was made on "
-        r"the stored pixels.*Read the images as stored: `--no-exif-orientation` \(trainkit train, lr-find, check\) "
-        r"or `exif_orientation=False`; do not resize the mask",
+        r"the stored pixels.*Read the images as stored: `--no-exif-orientation` \(trainkit train, lr-find, evaluate, "
+        r"check\) or `exif_orientation=False`; do not resize the mask",
     ):
         ds[0]
     image, _ = SegmentationDataset(tmp_path / "images", tmp_path / "masks", exif_orientation=False)[0]

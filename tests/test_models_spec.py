@@ -42,6 +42,9 @@ def test_the_exif_choice_is_recorded_and_specs_written_before_it_read_photos_tur
     older = CheckpointSpec(TINY_UNET, Preprocessing(32)).to_dict()
     del older["preprocessing"]["exif_orientation"]
     assert CheckpointSpec.from_dict(older).preprocessing.exif_orientation is True
+    older["preprocessing"]["exif_orientation"] = "false"  # damaged: refused, not read as a truthy string
+    with pytest.raises(CheckpointError, match=r"spec is damaged .*`exif_orientation` must be True or False"):
+        CheckpointSpec.from_checkpoint({"model": {}, "extra": {"spec": older}})
 
 
 def test_a_checkpoint_written_by_the_recipe_of_trainkit_0_1_keeps_loading() -> None:

@@ -17,6 +17,7 @@ __all__ = ["build_parser"]
 TARGETS = ("semantic", "binary", "instance")  # trainkit.data's targets (not imported: `--help` stays fast)
 COLOR_MAP_HELP = "class_dict.csv (name,r,g,b) or CVAT's labelmap.txt, for colour-coded masks"
 NO_EXIF_HELP = "read the stored pixels, not turned by the EXIF orientation tag as viewers show photos"
+NO_EXIF_AS_TRAINED = NO_EXIF_HELP + " (default: as the checkpoint's training images were read)"
 
 _EXAMPLES = {
     "demo": "example: trainkit demo --run-dir runs/demo --seed 1",
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --run-dir")
 
     train = command("train", "train a segmentation model on your own folders of images and masks")
-    _data_options(train)
+    _data_options(train, exif_note=" (recorded in the checkpoint: predict and evaluate read images the same way)")
     train.add_argument("--class-names", type=types.class_names, metavar="A,B,C", help="one name per class id from 0, "
                        "recorded in the checkpoint (default: the --color-map's names)")  # fmt: skip
     train.add_argument("--epochs", type=types.positive_int, help="epochs, all run unless --early-stop (default: 20, "
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lr_find = command("lr-find", "find a learning rate for `trainkit train`: Smith's range test on the same data "
                       "and model, with a plot and a suggestion")  # fmt: skip
-    _data_options(lr_find)
+    _data_options(lr_find, exif_note=" (give train the same)")
     test = lr_find.add_argument_group("range test (docs/training.md#finding-a-learning-rate)")
     test.add_argument("--min-lr", type=types.positive_float, default=1e-7, help="the first learning rate, > 0")
     test.add_argument("--max-lr", type=types.positive_float, default=10.0, help="the last one, > --min-lr")
@@ -157,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(flip), and at 0.75x and 1.25x (flip+scale)")  # fmt: skip
     inference.add_argument("--batch-size", type=types.positive_int, default=4, help="windows a forward pass")
     predict.add_argument("--device", default="auto")
-    predict.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP + " (default: as the "
-                         "checkpoint's training images were read)")  # fmt: skip
+    predict.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_AS_TRAINED)
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     model_flags.import_option(predict)
 
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--batch-size", type=types.positive_int, default=8)
     evaluate.add_argument("--workers", type=types.non_negative_int, default=0, help="DataLoader worker processes")
+    evaluate.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_AS_TRAINED)
     model_flags.import_option(evaluate)
 
     check = command("check", "validate a dataset (folders of images and masks, or COCO annotations) without "
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data_options(command: argparse.ArgumentParser) -> None:
+def _data_options(command: argparse.ArgumentParser, exif_note: str) -> None:
     """The folders and how they are read and batched, as ``trainkit train`` and ``lr-find`` take them."""
     command.add_argument("--images", required=True, help="folder of images")
     command.add_argument("--masks", required=True, help="folder of masks")
@@ -235,8 +236,7 @@ def _data_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--val-masks", help="the masks of --val-images")
     command.add_argument("--size", type=types.size, default=(256, 256), help="training size N or HxW")
     command.add_argument("--batch-size", type=types.positive_int, default=8)
-    command.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP + " (recorded in the "
-                         "checkpoint: predict and evaluate read images the same way)")  # fmt: skip
+    command.add_argument("--no-exif-orientation", action="store_true", help=NO_EXIF_HELP + exif_note)
 
 
 def _model_options(command: argparse.ArgumentParser) -> Any:

@@ -55,12 +55,14 @@ def evaluate_folder(
     device: str = "auto",
     batch_size: int = 8,
     num_workers: int = 0,
+    exif_orientation: bool | None = None,
 ) -> Evaluation:
     """Score ``checkpoint``'s model on a folder of images and masks: mIoU, Dice, pixel accuracy, per class.
 
     Images and masks are paired and read as in training (``SegmentationDataset``, with the checkpoint's
-    ``target``, colour map and EXIF orientation choice), resized to the checkpoint's size, and scored with exact
-    streaming metrics (pixels labelled ``ignore_index`` are not counted).
+    ``target``, colour map and EXIF orientation choice: ``exif_orientation`` ``True`` turns photos by their tag,
+    ``False`` reads them as stored, ``None`` as the checkpoint records), resized to the checkpoint's size, and
+    scored with exact streaming metrics (pixels labelled ``ignore_index`` are not counted).
 
     Raises:
         CheckpointError: the checkpoint records no spec.
@@ -91,7 +93,7 @@ def evaluate_folder(
         color_map=spec.color_map,
         ignore_index=spec.ignore_index,
         channels=spec.model.in_channels,
-        exif_orientation=spec.preprocessing.exif_orientation,
+        exif_orientation=spec.preprocessing.exif_orientation if exif_orientation is None else exif_orientation,
         transforms=eval_preset(size, normalize=False),
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)

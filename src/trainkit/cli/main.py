@@ -301,6 +301,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.workers,
+        exif_orientation=False if args.no_exif_orientation else None,  # None: as the checkpoint's training
     )
     scores = "  ".join(f"{k} {v:.4f}" for k, v in result.scores.items())
     h, w = result.size

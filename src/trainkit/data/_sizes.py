@@ -70,7 +70,7 @@ def size_mismatch(
             f"image {image} is stored as {h}x{w} (WxH) pixels with EXIF orientation {tag} ({TURNS[tag]}), so viewers "
             f"and trainkit show it as {w}x{h}; {mask} is {mw}x{mh}, the stored size: it was made on the stored pixels, "
             "not on the image as viewers show it. Read the images as stored: `--no-exif-orientation` (trainkit "
-            f"train, lr-find, check) or `exif_orientation=False`; {_NO_RESIZE}"
+            f"train, lr-find, evaluate, check) or `exif_orientation=False`; {_NO_RESIZE}"
         )
     if tag >= 5:
         return (

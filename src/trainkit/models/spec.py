@@ -319,5 +319,5 @@ def _preprocessing(data: Mapping[str, Any]) -> Preprocessing:
         float(data.get("scale", 1 / 255)),
         tuple(data["mean"]),
         tuple(data["std"]),
-        bool(data.get("exif_orientation", True)),
+        data.get("exif_orientation", True),  # a damaged value is refused by Preprocessing, not read as truthy
     )
