@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -154,7 +155,7 @@ def eval_preset(
         >>> tuple(image.shape), tuple(mask.shape)
         ((3, 16, 16), (16, 16))
     """
-    steps: list[Any] = [_CheckInputs(), _Resize(_pair(size, "size")), _FinishTarget()]
+    steps: list[Any] = [_CheckInputs(), partial(_resize, size=_pair(size, "size")), _FinishTarget()]
     return v2.Compose(steps + _normalize_steps(normalize, mean, std))
 
 
@@ -316,16 +317,6 @@ class _RandomScale:
         ratio = s * max(self.size[0] / height, self.size[1] / width)
         new_size = (max(1, round(height * ratio)), max(1, round(width * ratio)))
         return _resize(image, target, new_size)
-
-
-class _Resize:
-    """Resize to ``size`` (:func:`_resize`), as a step of ``eval_preset``."""
-
-    def __init__(self, size: tuple[int, int]) -> None:
-        self.size = size
-
-    def __call__(self, image: tv_tensors.Image, target: Any) -> tuple[Any, Any]:
-        return _resize(image, target, self.size)
 
 
 def _resize(image: tv_tensors.Image, target: Any, size: tuple[int, int]) -> tuple[Any, Any]:
